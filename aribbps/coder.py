@@ -1,0 +1,170 @@
+"""Python face of the C++ lane coder (``aribbps._coder``).
+
+A :class:`LaneCoder` holds L independent rANS stacks ("lanes"). Every method
+takes, per lane, an array of items: either one array shaped ``(L, n, ...)``
+(all lanes equally long) or a list of L arrays of different lengths. Pops
+return the same structure they were given probabilities in.
+
+Order convention: ``push_*`` pushes items last-first so that a later
+``pop_*`` returns them in array order; ``pop_*`` followed by ``push_*`` of
+the result restores the stack bit for bit (bits-back). A pop that would read
+below the bottom of a stack raises :class:`NotEnoughBitsError` and leaves
+every lane as it was.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Union
+
+import numpy as np
+
+from aribbps import _coder
+from aribbps._coder import NotEnoughBitsError, StreamError
+
+__all__ = ["LaneCoder", "NotEnoughBitsError", "StreamError", "latent_freqs", "LATENT_PRECISION_BITS",
+           "LATENT_D_FRAC_BITS", "LATENT_D_MAX"]
+
+LATENT_PRECISION_BITS: int = _coder.LATENT_PRECISION_BITS
+LATENT_D_FRAC_BITS: int = _coder.LATENT_D_FRAC_BITS
+LATENT_D_MAX: int = _coder.LATENT_D_MAX
+
+PerLane = Union[np.ndarray, Sequence[np.ndarray]]
+
+
+def _flatten(items: PerLane, lanes: int, item_shape: tuple[int, ...], dtype: type) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenates per-lane arrays into one flat array plus L + 1 offsets."""
+    if isinstance(items, np.ndarray):
+        if items.shape[0] != lanes:
+            raise ValueError(f"expected {lanes} lanes on axis 0, got shape {items.shape}")
+        per_lane = items.shape[1] if items.ndim > 1 else 0
+        if items.shape[2:] != item_shape:
+            raise ValueError(f"expected items of shape {item_shape}, got array of shape {items.shape}")
+        flat = np.ascontiguousarray(items, dtype=dtype).reshape(-1, *item_shape)
+        offsets = np.arange(lanes + 1, dtype=np.int64) * per_lane
+        return flat, offsets
+    if len(items) != lanes:
+        raise ValueError(f"expected {lanes} per-lane arrays, got {len(items)}")
+    arrays = [np.asarray(a, dtype=dtype).reshape(-1, *item_shape) for a in items]
+    offsets = np.zeros(lanes + 1, dtype=np.int64)
+    np.cumsum([len(a) for a in arrays], out=offsets[1:])
+    flat = np.concatenate(arrays) if arrays else np.zeros((0, *item_shape), dtype=dtype)
+    return np.ascontiguousarray(flat), offsets
+
+
+def _unflatten(flat: np.ndarray, offsets: np.ndarray, like: PerLane) -> PerLane:
+    if isinstance(like, np.ndarray):
+        return flat.reshape(like.shape[0], -1, *flat.shape[1:])
+    return [flat[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]
+
+
+def _per_lane_param(value: Union[int, Sequence[int], np.ndarray], lanes: int, dtype: type) -> np.ndarray:
+    array = np.asarray(value, dtype=dtype)
+    if array.ndim == 0:
+        return np.full(lanes, array, dtype=dtype)
+    if array.shape != (lanes,):
+        raise ValueError(f"expected one value per lane ({lanes}), got shape {array.shape}")
+    return np.ascontiguousarray(array)
+
+
+class LaneCoder:
+    """L parallel rANS stacks; see the module docstring for the conventions.
+
+    Args:
+        lanes: number of independent stacks.
+        threads: worker threads (0 = one per CPU, never more than ``lanes``).
+    """
+
+    def __init__(self, lanes: int, threads: int = 0, *, _core: _coder.LaneCoder | None = None) -> None:
+        self._core = _core if _core is not None else _coder.LaneCoder(lanes, threads)
+
+    @classmethod
+    def from_bytes(cls, streams: Sequence[bytes], threads: int = 0) -> "LaneCoder":
+        """Rebuilds lanes from :meth:`to_bytes` output; bad bytes raise StreamError."""
+        if len(streams) == 0:
+            raise StreamError("no lane streams")
+        return cls(len(streams), threads, _core=_coder.LaneCoder.from_bytes(list(streams), threads))
+
+    @property
+    def lanes(self) -> int:
+        return self._core.lanes
+
+    @property
+    def threads(self) -> int:
+        return self._core.threads
+
+    # -- binary symbols: P(1) = probs / 256, probs in [1, 255] ---------------
+    def push_binary(self, bits: PerLane, probs: PerLane) -> None:
+        b, offsets = _flatten(bits, self.lanes, (), np.uint8)
+        p, offsets_p = _flatten(probs, self.lanes, (), np.uint8)
+        self._check_same(offsets, offsets_p)
+        self._core.push_binary(b, p, offsets)
+
+    def pop_binary(self, probs: PerLane) -> PerLane:
+        p, offsets = _flatten(probs, self.lanes, (), np.uint8)
+        return _unflatten(self._core.pop_binary(p, offsets), offsets, probs)
+
+    # -- RGB-coupled pixels: bits (..., 3), probs (..., 7) (DESIGN 1.3) ------
+    def push_rgb(self, bits: PerLane, probs: PerLane) -> None:
+        b, offsets = _flatten(bits, self.lanes, (3,), np.uint8)
+        p, offsets_p = _flatten(probs, self.lanes, (7,), np.uint8)
+        self._check_same(offsets, offsets_p)
+        self._core.push_rgb(b, p, offsets)
+
+    def pop_rgb(self, probs: PerLane) -> PerLane:
+        p, offsets = _flatten(probs, self.lanes, (7,), np.uint8)
+        return _unflatten(self._core.pop_rgb(p, offsets), offsets, probs)
+
+    # -- uniform k-bit values ------------------------------------------------
+    def push_uniform(self, values: PerLane, k: int) -> None:
+        v, offsets = _flatten(values, self.lanes, (), np.uint32)
+        self._core.push_uniform(v, k, offsets)
+
+    def pop_uniform(self, counts: Sequence[int], k: int) -> list[np.ndarray]:
+        offsets = np.zeros(self.lanes + 1, dtype=np.int64)
+        np.cumsum(np.asarray(counts, dtype=np.int64), out=offsets[1:])
+        flat = self._core.pop_uniform(k, offsets)
+        return [flat[offsets[i]:offsets[i + 1]] for i in range(self.lanes)]
+
+    # -- discretised logistic latent bins (DESIGN 1.5) -----------------------
+    def push_latent(self, bins: PerLane, d_fixed: PerLane, qp: Union[int, Sequence[int]]) -> None:
+        b, offsets = _flatten(bins, self.lanes, (), np.uint32)
+        d, offsets_d = _flatten(d_fixed, self.lanes, (), np.int32)
+        self._check_same(offsets, offsets_d)
+        self._core.push_latent(b, d, _per_lane_param(qp, self.lanes, np.uint8), offsets)
+
+    def pop_latent(self, d_fixed: PerLane, qp: Union[int, Sequence[int]]) -> PerLane:
+        d, offsets = _flatten(d_fixed, self.lanes, (), np.int32)
+        flat = self._core.pop_latent(d, _per_lane_param(qp, self.lanes, np.uint8), offsets)
+        return _unflatten(flat, offsets, d_fixed)
+
+    # -- pseudo-random padding (initial bits) --------------------------------
+    def push_padding(self, words: Union[int, Sequence[int]], seeds: Union[int, Sequence[int]]) -> None:
+        self._core.push_padding(_per_lane_param(words, self.lanes, np.int64),
+                                _per_lane_param(seeds, self.lanes, np.uint64))
+
+    def pop_padding(self, words: Union[int, Sequence[int]], seeds: Union[int, Sequence[int]]) -> np.ndarray:
+        """Pops padding words; returns per lane whether they matched the seeded stream."""
+        return self._core.pop_padding(_per_lane_param(words, self.lanes, np.int64),
+                                      _per_lane_param(seeds, self.lanes, np.uint64))
+
+    # -- bookkeeping -----------------------------------------------------------
+    def num_bits(self) -> np.ndarray:
+        """Information currently held by each lane, in bits (0 when empty)."""
+        return self._core.num_bits()
+
+    def is_empty(self) -> np.ndarray:
+        return self._core.is_empty()
+
+    def to_bytes(self) -> list[bytes]:
+        return self._core.to_bytes()
+
+    @staticmethod
+    def _check_same(a: np.ndarray, b: np.ndarray) -> None:
+        if not np.array_equal(a, b):
+            raise ValueError("the two arrays must have the same number of items in every lane")
+
+
+def latent_freqs(bins: np.ndarray, d_fixed: np.ndarray, qp: int) -> np.ndarray:
+    """Frequencies out of ``2**LATENT_PRECISION_BITS`` that the coder gives latent bins."""
+    return _coder.latent_freqs(np.ascontiguousarray(bins, dtype=np.uint32).ravel(),
+                               np.ascontiguousarray(d_fixed, dtype=np.int32).ravel(), int(qp))
