@@ -1,0 +1,203 @@
+"""The lane coder: exact round trips, bits-back, sizes, hostile streams."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from aribbps.coder import (LATENT_PRECISION_BITS, LaneCoder, NotEnoughBitsError, StreamError,
+                           latent_freqs)
+
+KINDS = ("binary", "rgb", "uniform", "latent", "padding")
+
+
+def _random_op(rng: np.random.Generator, kind: str, lanes: int) -> dict:
+    counts = rng.integers(0, 40, lanes)
+    if kind == "binary":
+        probs = [rng.integers(1, 256, c, dtype=np.uint8) for c in counts]
+        return {"kind": kind, "probs": probs, "data": [(rng.integers(0, 256, c) < p).astype(np.uint8)
+                                                        for c, p in zip(counts, probs)]}
+    if kind == "rgb":
+        return {"kind": kind, "probs": [rng.integers(1, 256, (c, 7), dtype=np.uint8) for c in counts],
+                "data": [rng.integers(0, 2, (c, 3), dtype=np.uint8) for c in counts]}
+    if kind == "uniform":
+        k = int(rng.integers(1, 17))
+        return {"kind": kind, "k": k, "data": [rng.integers(0, 2**k, c, dtype=np.uint32) for c in counts]}
+    if kind == "latent":
+        qp = rng.integers(3, 17, lanes)
+        return {"kind": kind, "qp": qp, "d": [rng.integers(-3000, 3000, c).astype(np.int32) for c in counts],
+                "data": [rng.integers(0, 2**int(q), c, dtype=np.uint32) for c, q in zip(counts, qp)]}
+    return {"kind": kind, "words": rng.integers(0, 5, lanes), "seeds": rng.integers(0, 2**63, lanes)}
+
+
+def _push(coder: LaneCoder, op: dict) -> None:
+    kind = op["kind"]
+    if kind == "binary":
+        coder.push_binary(op["data"], op["probs"])
+    elif kind == "rgb":
+        coder.push_rgb(op["data"], op["probs"])
+    elif kind == "uniform":
+        coder.push_uniform(op["data"], op["k"])
+    elif kind == "latent":
+        coder.push_latent(op["data"], op["d"], op["qp"])
+    else:
+        coder.push_padding(op["words"], op["seeds"])
+
+
+def _pop_and_check(coder: LaneCoder, op: dict) -> None:
+    kind = op["kind"]
+    if kind == "padding":
+        assert coder.pop_padding(op["words"], op["seeds"]).all()
+        return
+    if kind == "binary":
+        out = coder.pop_binary(op["probs"])
+    elif kind == "rgb":
+        out = coder.pop_rgb(op["probs"])
+    elif kind == "uniform":
+        out = coder.pop_uniform([len(a) for a in op["data"]], op["k"])
+    else:
+        out = coder.pop_latent(op["d"], op["qp"])
+    for got, want in zip(out, op["data"]):
+        np.testing.assert_array_equal(got, want)
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), lanes=st.integers(1, 9), n_ops=st.integers(0, 12),
+       threads=st.integers(1, 3))
+def test_random_mixtures_round_trip_through_bytes(seed: int, lanes: int, n_ops: int, threads: int) -> None:
+    rng = np.random.default_rng(seed)
+    ops = [_random_op(rng, KINDS[int(rng.integers(len(KINDS)))], lanes) for _ in range(n_ops)]
+    encoder = LaneCoder(lanes, threads)
+    for op in ops:
+        _push(encoder, op)
+    decoder = LaneCoder.from_bytes(encoder.to_bytes(), threads=threads)
+    for op in reversed(ops):
+        _pop_and_check(decoder, op)
+    assert decoder.is_empty().all()
+    assert (decoder.num_bits() == 0).all()
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), qp=st.integers(3, 16), lanes=st.integers(1, 6))
+def test_latent_pop_then_push_restores_the_stack(seed: int, qp: int, lanes: int) -> None:
+    rng = np.random.default_rng(seed)
+    coder = LaneCoder(lanes, 2)
+    coder.push_padding(64, rng.integers(0, 2**63, lanes))
+    coder.push_binary(rng.integers(0, 2, (lanes, 300), dtype=np.uint8), rng.integers(1, 256, (lanes, 300)))
+    before = coder.to_bytes()
+    d = rng.integers(-2432, 2433, (lanes, 50)).astype(np.int32)
+    bins = coder.pop_latent(d, qp)
+    assert bins.shape == (lanes, 50) and (bins < 2**qp).all()
+    coder.push_latent(bins, d, qp)
+    assert coder.to_bytes() == before
+
+
+def test_pop_below_the_bottom_raises_and_changes_nothing() -> None:
+    coder = LaneCoder(3, 2)
+    coder.push_padding([10, 0, 10], [1, 2, 3])
+    before = coder.to_bytes()
+    with pytest.raises(NotEnoughBitsError, match="lane 1"):
+        coder.pop_latent(np.zeros((3, 20), np.int32), 10)
+    assert coder.to_bytes() == before
+    with pytest.raises(NotEnoughBitsError):
+        LaneCoder(1).pop_uniform([1], 16)
+
+
+def test_num_bits_tracks_information() -> None:
+    coder = LaneCoder(2)
+    assert list(coder.num_bits()) == [0, 0]
+    coder.push_uniform([np.arange(100) % 2**12, np.zeros(0)], 12)
+    bits = coder.num_bits()
+    assert 1195 <= bits[0] <= 1200 and bits[1] == 0
+
+
+def test_bad_arguments_raise_value_error() -> None:
+    coder = LaneCoder(2)
+    with pytest.raises(ValueError, match="q=0"):
+        coder.push_binary(np.zeros((2, 3), np.uint8), np.zeros((2, 3), np.uint8))
+    with pytest.raises(ValueError, match="not 0 or 1"):
+        coder.push_binary(np.full((2, 3), 2, np.uint8), np.full((2, 3), 9, np.uint8))
+    with pytest.raises(ValueError, match="qp=17"):
+        coder.pop_latent(np.zeros((2, 3), np.int32), 17)
+    with pytest.raises(ValueError, match="does not fit"):
+        coder.push_uniform(np.full((2, 1), 8), 3)
+    with pytest.raises(ValueError, match="2 lanes|expected 2"):
+        coder.push_binary(np.zeros((3, 3), np.uint8), np.ones((3, 3), np.uint8))
+    with pytest.raises(ValueError):
+        LaneCoder(0)
+    assert (coder.is_empty()).all()
+
+
+def test_coded_size_is_close_to_the_information_content() -> None:
+    rng = np.random.default_rng(5)
+    lanes, n = 4, 200_000
+    probs = rng.integers(1, 256, (lanes, n), dtype=np.uint8)
+    bits = (rng.integers(0, 256, (lanes, n)) < probs).astype(np.uint8)
+    p1 = probs / 256.0
+    ideal = -(np.where(bits == 1, np.log2(p1), np.log2(1 - p1))).sum(axis=1)
+    coder = LaneCoder(lanes)
+    coder.push_binary(bits, probs)
+    sizes = np.array([len(s) * 8 for s in coder.to_bytes()])
+    assert (sizes <= ideal * 1.001 + 8 * 32).all(), (sizes, ideal)
+
+
+def test_latent_freqs_contract() -> None:
+    for qp in (3, 10, 16):
+        bins = np.arange(2**qp, dtype=np.uint32)
+        for d in (-5000, -2432, -1, 0, 700, 2432):
+            freqs = latent_freqs(bins, np.full(bins.shape, d, np.int32), qp)
+            assert freqs.min() >= 1
+            assert int(freqs.sum()) == 2**LATENT_PRECISION_BITS
+    uniform = latent_freqs(np.arange(8, dtype=np.uint32), np.zeros(8, np.int32), 3)
+    assert uniform.max() - uniform.min() <= 1
+
+
+def test_pinned_bitstream() -> None:
+    """The byte format is part of the .arib format: it must never change silently."""
+    coder = LaneCoder(1)
+    coder.push_binary([np.array([1, 0, 1, 1], np.uint8)], [np.array([200, 3, 128, 255], np.uint8)])
+    coder.push_uniform([np.array([5, 6], np.uint32)], 3)
+    coder.push_latent([np.array([700], np.uint32)], [np.array([-300], np.int32)], 10)
+    (stream,) = coder.to_bytes()
+    assert stream.hex() == PINNED_STREAM
+    decoder = LaneCoder.from_bytes([stream])
+    assert decoder.pop_latent([np.array([-300], np.int32)], 10)[0].tolist() == [700]
+
+
+PINNED_STREAM = "010142f0dfbf28400000854de17a14000000"
+
+
+def _mutations(rng: np.random.Generator, valid: bytes) -> bytes:
+    data = bytearray(valid)
+    choice = rng.integers(4)
+    if choice == 0 and data:
+        data[int(rng.integers(len(data)))] ^= 1 << int(rng.integers(8))
+    elif choice == 1:
+        data = data[: int(rng.integers(len(data) + 1))]
+    elif choice == 2:
+        data += bytes(rng.integers(0, 256, int(rng.integers(1, 9)), dtype=np.uint8))
+    else:
+        data = bytearray(rng.integers(0, 256, int(rng.integers(0, 80)), dtype=np.uint8))
+    return bytes(data)
+
+
+def test_ten_thousand_hostile_streams_fail_cleanly() -> None:
+    rng = np.random.default_rng(11)
+    encoder = LaneCoder(1)
+    probs = rng.integers(1, 256, (1, 64, 7), dtype=np.uint8)
+    encoder.push_rgb(rng.integers(0, 2, (1, 64, 3), dtype=np.uint8), probs)
+    valid = encoder.to_bytes()[0]
+    outcomes = {"decoded": 0, "stream": 0, "bits": 0}
+    for _ in range(10_000):
+        data = _mutations(rng, valid)
+        try:
+            decoder = LaneCoder.from_bytes([data], threads=1)
+            decoder.pop_rgb(probs)
+            outcomes["decoded"] += 1
+        except StreamError:
+            outcomes["stream"] += 1
+        except NotEnoughBitsError:
+            outcomes["bits"] += 1
+    assert sum(outcomes.values()) == 10_000
+    assert outcomes["stream"] > 1000 and outcomes["bits"] > 100
