@@ -1,0 +1,296 @@
+"""The bit-plane codec over lanes: where networks, bit planes and coder meet.
+
+A *item* is one tile of one image, ``(C, h, w)`` uint8 with C = 3 (RGB) or
+C = 1 (greyscale or an alpha plane: fed to the network as three equal
+channels, only the R bit is coded). Items are dealt round-robin to L lanes;
+round r holds items ``r*L .. r*L + n - 1`` on lanes ``0 .. n-1``, edge-padded
+to one common size (a multiple of the model's ``pad_multiple``). Padding is
+never coded: the coder skips invalid positions.
+
+Decoder order inside a lane: round 0 first; in a round plane 1..8, in a plane
+steps 1..4, in a step the step's valid positions in row-major order, R, G, B.
+The encoder pushes the exact reverse. Both sides run the networks on the same
+batches built from the same integers (DESIGN 2.3):
+
+* the known image before plane k is the decoded image (planes < k) edge-padded
+  to the round size; the encoder gets the same from its padded true image;
+* the plane bits handed to step s are the bits of steps < s at valid
+  positions and zeros elsewhere, on both sides.
+
+Per (plane, step) the 7 quantised probabilities of every lane cross from the
+device to the host once; per-lane selection of valid positions is NumPy.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from aribbps.bitplanes import NUM_STEPS, known_before, plane_bits, step_positions, step_view, steps_before_mask
+from aribbps.coder import LaneCoder
+from aribbps.models.bitplane_net import BitPlaneNet
+from aribbps.probability import P_MAX, P_MIN, coupled_probs, quantise_probs7
+
+ItemShape = tuple[int, int, int]
+
+
+@dataclass
+class PlaneNets:
+    """The two networks of a model and which planes each codes."""
+
+    sig: BitPlaneNet
+    ins: BitPlaneNet
+
+    def net_for(self, k: int) -> BitPlaneNet:
+        return self.sig if k in self.sig.planes else self.ins
+
+
+@dataclass
+class CodingStats:
+    """Per-item figures of one coding run."""
+
+    theoretical_bits: np.ndarray  # unquantised probabilities (cross-entropy)
+    quantised_bits: np.ndarray  # ideal cost of the quantised probabilities
+
+
+@dataclass
+class _Round:
+    """One batch: which items, their sizes, the padded size and masks."""
+
+    items: list[int]
+    shapes: list[ItemShape]
+    height: int
+    width: int
+    valid: Tensor  # (n, 1, H, W) bool
+    step_masks: list[np.ndarray] = field(default_factory=list)  # per step: (n, H/2*W/2) bool
+
+    @property
+    def size(self) -> int:
+        return len(self.items)
+
+    def rgb_lanes(self) -> np.ndarray:
+        return np.array([c == 3 for c, _, _ in self.shapes])
+
+
+def plan_rounds(shapes: Sequence[ItemShape], lanes: int, multiple: int, device: torch.device) -> Iterator[_Round]:
+    """Deals items round-robin to lanes; yields the rounds in decoding order."""
+    for start in range(0, len(shapes), lanes):
+        idx = list(range(start, min(start + lanes, len(shapes))))
+        sub = [shapes[i] for i in idx]
+        height = -(-max(h for _, h, _ in sub) // multiple) * multiple
+        width = -(-max(w for _, _, w in sub) // multiple) * multiple
+        valid = np.zeros((len(idx), 1, height, width), dtype=bool)
+        for j, (_, h, w) in enumerate(sub):
+            valid[j, 0, :h, :w] = True
+        masks = []
+        for s in range(1, NUM_STEPS + 1):
+            pr, pc = step_positions(s)
+            masks.append(valid[:, 0, pr::2, pc::2].reshape(len(idx), -1))
+        yield _Round(idx, sub, height, width, torch.from_numpy(valid).to(device), masks)
+
+
+def _pad_batch(items: Sequence[np.ndarray], height: int, width: int) -> np.ndarray:
+    """Items (C, h, w) -> (n, 3, H, W) uint8, grey replicated, edge-padded."""
+    batch = np.empty((len(items), 3, height, width), dtype=np.uint8)
+    for j, item in enumerate(items):
+        _, h, w = item.shape
+        batch[j] = np.pad(item, ((0, 0), (0, height - h), (0, width - w)), mode="edge")
+    return batch
+
+
+def _replicate_pad(x: Tensor, shapes: Sequence[ItemShape]) -> Tensor:
+    """Fill each item's padding with its edge pixels, in place (decoder side)."""
+    height, width = x.shape[-2:]
+    for j, (_, h, w) in enumerate(shapes):
+        if h < height:
+            x[j, :, h:, :w] = x[j, :, h - 1:h, :w]
+        if w < width:
+            x[j, :, :, w:] = x[j, :, :, w - 1:w]
+    return x
+
+
+class PlaneCodec:
+    """Codes lists of items with a model's SIG and INS networks on L lanes.
+
+    Args:
+        nets: the two networks (eval mode, on ``device``).
+        multiple: H and W of every batch are multiples of this.
+        lanes: number of independent rANS stacks.
+        device: where the networks run.
+        threads: coder threads (0 = one per CPU).
+
+    The SIG heads' latent-feature input is the extension point of the latent
+    model: :meth:`latent_features` supplies it per round (None here, where
+    every plane is coded from the plane and space contexts alone).
+    """
+
+    def __init__(self, nets: PlaneNets, multiple: int, lanes: int, device: torch.device | str = "cpu",
+                 threads: int = 0) -> None:
+        if lanes < 1:
+            raise ValueError(f"lanes must be >= 1, got {lanes}")
+        self.nets = nets
+        self.multiple = max(2, multiple)
+        self.lanes = lanes
+        self.device = torch.device(device)
+        self.threads = threads
+
+    def latent_features(self, net: BitPlaneNet, rnd: "_Round") -> Tensor | None:
+        """Latent features for ``net``'s heads in round ``rnd`` (None: no latent model)."""
+        if net.cfg.latent_channels > 0:
+            raise ValueError("this model's SIG network takes latent features; code it in an ArIB mode")
+        return None
+
+    # ------------------------------------------------------------------ encode
+    @torch.no_grad()
+    def encode(self, items: Sequence[np.ndarray], progress: Callable[[int], None] | None = None
+               ) -> tuple[list[bytes], CodingStats]:
+        """Codes ``items`` ((C, h, w) uint8, C in {1, 3}); returns lane streams and stats."""
+        shapes = [_check_item(item) for item in items]
+        theoretical = np.zeros(len(items))
+        quantised = np.zeros(len(items))
+        coder = LaneCoder(self.lanes, self.threads)
+        rounds = list(plan_rounds(shapes, self.lanes, self.multiple, self.device))
+        for rnd in reversed(rounds):
+            batch = torch.from_numpy(_pad_batch([items[i] for i in rnd.items], rnd.height, rnd.width))
+            x = batch.to(self.device)
+            pushes = []
+            for k, s, logits, bits in self._teacher_forced_steps(x, rnd):
+                probs7 = quantise_probs7(logits).cpu().numpy()  # the one D2H copy of this step
+                step_bits = step_view(bits, s).cpu().numpy()
+                theoretical[rnd.items] += self._theoretical(logits, step_view(bits, s), rnd, s)
+                pushes.append((rnd, s, probs7, step_bits))
+            for rnd_, s, probs7, step_bits in reversed(pushes):
+                quantised[rnd.items] += self._push(coder, rnd_, s, probs7, step_bits)
+            if progress is not None:
+                progress(rnd.size)
+        return coder.to_bytes(), CodingStats(theoretical, quantised)
+
+    def _teacher_forced_steps(self, x: Tensor, rnd: _Round) -> Iterator[tuple[int, int, Tensor, Tensor]]:
+        valid = rnd.valid
+        valid_u8 = valid.to(torch.uint8)
+        for k in range(1, 9):
+            net = self.nets.net_for(k)
+            context = net.plane_context(known_before(x, k), k, valid)
+            bits = plane_bits(x, k) * valid_u8
+            lat = self.latent_features(net, rnd)
+            for s in range(1, NUM_STEPS + 1):
+                before = steps_before_mask(s, rnd.height, rnd.width, x.device).to(torch.uint8)
+                logits = net.step_logits(k, s, context, bits * before, valid, lat)
+                yield k, s, logits, bits
+
+    def _push(self, coder: LaneCoder, rnd: _Round, s: int, probs7: np.ndarray, step_bits: np.ndarray) -> np.ndarray:
+        """Pushes one step of every lane; returns the ideal quantised cost per item."""
+        n = rnd.size
+        bits = step_bits.reshape(n, 3, -1).transpose(0, 2, 1)  # (n, Q, 3)
+        mask = rnd.step_masks[s - 1]
+        rgb = rnd.rgb_lanes()
+        lane_bits = [bits[j][mask[j]] for j in range(n)]
+        lane_probs = [probs7[j][mask[j]] for j in range(n)]
+        empty3, empty7 = np.zeros((0, 3), np.uint8), np.zeros((0, 7), np.uint8)
+        pad = self.lanes - n
+        if rgb.any():
+            coder.push_rgb([b if rgb[j] else empty3 for j, b in enumerate(lane_bits)] + [empty3] * pad,
+                           [p if rgb[j] else empty7 for j, p in enumerate(lane_probs)] + [empty7] * pad)
+        if not rgb.all():
+            coder.push_binary([b[:, 0] if not rgb[j] else empty3[:, 0] for j, b in enumerate(lane_bits)]
+                              + [empty3[:, 0]] * pad,
+                              [p[:, 0] if not rgb[j] else empty7[:, 0] for j, p in enumerate(lane_probs)]
+                              + [empty7[:, 0]] * pad)
+        return np.array([_quantised_cost(lane_bits[j], lane_probs[j], bool(rgb[j])) for j in range(n)])
+
+    def _theoretical(self, logits: Tensor, bits: Tensor, rnd: _Round, s: int) -> np.ndarray:
+        p = coupled_probs(logits.float(), bits).clamp(P_MIN, P_MAX)
+        cost = -torch.log2(torch.where(bits.bool(), p, 1 - p))
+        channels = torch.tensor([[1.0, 1.0, 1.0] if c == 3 else [1.0, 0.0, 0.0] for c, _, _ in rnd.shapes],
+                                device=cost.device)
+        cost = cost * channels[:, :, None, None] * step_view(rnd.valid, s).to(cost.dtype)
+        return cost.sum(dim=(1, 2, 3)).double().cpu().numpy()
+
+    # ------------------------------------------------------------------ decode
+    @torch.no_grad()
+    def decode(self, shapes: Sequence[ItemShape], streams: Sequence[bytes],
+               progress: Callable[[int], None] | None = None) -> list[np.ndarray]:
+        """Decodes items of the given shapes from lane streams.
+
+        Raises:
+            aribbps.coder.StreamError / NotEnoughBitsError: damaged streams.
+            ValueError: streams left with unread bits (damaged or wrong model).
+        """
+        if len(streams) != self.lanes:
+            raise ValueError(f"expected {self.lanes} lane streams, got {len(streams)}")
+        coder = LaneCoder.from_bytes(streams, self.threads)
+        out: list[np.ndarray] = [np.empty(0, np.uint8)] * len(shapes)
+        for rnd in plan_rounds(list(shapes), self.lanes, self.multiple, self.device):
+            x = self._decode_round(coder, rnd)
+            for j, i in enumerate(rnd.items):
+                c, h, w = rnd.shapes[j]
+                out[i] = np.ascontiguousarray(x[j, :c, :h, :w])
+            if progress is not None:
+                progress(rnd.size)
+        if not coder.is_empty().all():
+            raise ValueError("lane streams hold more bits than the images need: the file is damaged "
+                             "or was written by another model")
+        return out
+
+    def _decode_round(self, coder: LaneCoder, rnd: _Round) -> np.ndarray:
+        n = rnd.size
+        x = torch.zeros((n, 3, rnd.height, rnd.width), dtype=torch.uint8, device=self.device)
+        valid = rnd.valid
+        rgb = rnd.rgb_lanes()
+        for k in range(1, 9):
+            net = self.nets.net_for(k)
+            latent = self.latent_features(net, rnd)
+            known = _replicate_pad(x.clone(), rnd.shapes)
+            context = net.plane_context(known, k, valid)
+            bits = torch.zeros_like(x)
+            for s in range(1, NUM_STEPS + 1):
+                logits = net.step_logits(k, s, context, bits, valid, latent)
+                probs7 = quantise_probs7(logits).cpu().numpy()
+                step_bits = self._pop(coder, rnd, s, probs7, rgb)
+                pr, pc = step_positions(s)
+                bits[:, :, pr::2, pc::2] = torch.from_numpy(step_bits).to(self.device)
+            x |= bits << (8 - k)
+        return x.cpu().numpy()
+
+    def _pop(self, coder: LaneCoder, rnd: _Round, s: int, probs7: np.ndarray, rgb: np.ndarray) -> np.ndarray:
+        """Pops one step of every lane; returns (n, 3, H/2, W/2) bits (0 at invalid)."""
+        n = rnd.size
+        h2, w2 = rnd.height // 2, rnd.width // 2
+        mask = rnd.step_masks[s - 1]
+        lane_probs = [probs7[j][mask[j]] for j in range(n)]
+        empty7 = np.zeros((0, 7), np.uint8)
+        pad = self.lanes - n
+        flat = np.zeros((n, h2 * w2, 3), dtype=np.uint8)
+        if rgb.any():
+            got = coder.pop_rgb([p if rgb[j] else empty7 for j, p in enumerate(lane_probs)] + [empty7] * pad)
+            for j in np.flatnonzero(rgb):
+                flat[j][mask[j]] = got[j]
+        if not rgb.all():
+            got = coder.pop_binary([p[:, 0] if not rgb[j] else empty7[:, 0] for j, p in enumerate(lane_probs)]
+                                   + [empty7[:, 0]] * pad)
+            for j in np.flatnonzero(~rgb):
+                flat[j][mask[j]] = got[j][:, None]
+        return flat.transpose(0, 2, 1).reshape(n, 3, h2, w2)
+
+
+def _check_item(item: np.ndarray) -> ItemShape:
+    if item.dtype != np.uint8 or item.ndim != 3 or item.shape[0] not in (1, 3) or min(item.shape[1:]) < 1:
+        raise ValueError(f"items must be uint8 (C, h, w) with C in {{1, 3}}, got {item.dtype} {item.shape}")
+    return int(item.shape[0]), int(item.shape[1]), int(item.shape[2])
+
+
+def _quantised_cost(bits: np.ndarray, probs7: np.ndarray, rgb: bool) -> float:
+    """Ideal cost in bits of a lane's step under the quantised probabilities."""
+    q_r = probs7[:, 0].astype(np.int64)
+    r = bits[:, 0].astype(np.int64)
+    masses = [np.where(r == 1, q_r, 256 - q_r)]
+    if rgb:
+        g = bits[:, 1].astype(np.int64)
+        b = bits[:, 2].astype(np.int64)
+        q_g = np.take_along_axis(probs7, (1 + r)[:, None], axis=1)[:, 0].astype(np.int64)
+        q_b = np.take_along_axis(probs7, (3 + 2 * r + g)[:, None], axis=1)[:, 0].astype(np.int64)
+        masses += [np.where(g == 1, q_g, 256 - q_g), np.where(b == 1, q_b, 256 - q_b)]
+    return float(sum((8.0 - np.log2(m.astype(np.float64))).sum() for m in masses))

@@ -1,0 +1,528 @@
+"""The ``.arib`` container: header, image records and lane streams, as bytes.
+
+This module knows bytes and plain Python values only: no tensors, no codec.
+The byte layout is specified in ``docs/format.md``; in short (all integers
+little-endian)::
+
+    +----------+--------------------------------------------------------+
+    | prologue | "ARIB", u16 version, u16 flags, u32 header size H,     |
+    | 16 bytes | u32 CRC32 of (prologue bytes 0..11 + header)           |
+    +----------+--------------------------------------------------------+
+    | header   | weights sha256 (32), u32 images N, u32 lanes L,        |
+    | H bytes  | u32 metadata size M, u8 metadata codec,                |
+    |          | L x (u64 stream length, u32 stream CRC32),             |
+    |          | N x 8-byte pixel checksum, metadata (M bytes)          |
+    +----------+--------------------------------------------------------+
+    | streams  | lane 0 | lane 1 | ... | lane L-1                       |
+    +----------+--------------------------------------------------------+
+
+The metadata (names, formats, sizes, codec ``extra`` dicts) is a compact
+binary table, zlib-compressed when that is smaller. :func:`decode_archive`
+treats its input as hostile: every length is checked against the bytes that
+are left before anything is sliced or allocated, decompression is bounded,
+all checksums are verified, and every failure is an :class:`ArchiveError`
+whose message says what is wrong.
+"""
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from .atomic import StrPath, atomic_write_bytes
+from .errors import ArchiveError, ModelMismatchError
+
+MAGIC = b"ARIB"
+#: The version this module writes.
+FORMAT_VERSION = 1
+#: The versions this module reads.
+READABLE_VERSIONS: tuple[int, ...] = (1,)
+
+#: Enumerations stored as one byte: the code is the index in the tuple.
+CODING_MODES: tuple[str, ...] = ("context", "single", "dataset")
+DEVICE_KINDS: tuple[str, ...] = ("cpu", "cuda")
+KERNEL_PATHS: tuple[str, ...] = ("torch", "triton")
+IMAGE_MODES: tuple[str, ...] = ("L", "LA", "RGB", "RGBA")
+
+HASH_SIZE = 32
+CHECKSUM_SIZE = 8
+
+# Sanity limits: a reader refuses anything above them, a writer never writes it.
+MAX_LANES = 1 << 16
+MAX_IMAGES = 1 << 24
+MAX_SIDE = 1 << 20
+MAX_PIXELS = 1 << 31
+MAX_NAME_BYTES = 1024
+MAX_SHORT_STR_BYTES = 255
+_META_LIMIT_BASE = 1 << 20
+_META_LIMIT_PER_IMAGE = 1 << 10
+_META_LIMIT_MAX = 1 << 28
+
+_PROLOGUE = struct.Struct("<4sHHII")  # magic, version, flags, header size, header crc
+_HEADER_FIXED = struct.Struct("<32sIIIB")  # hash, images, lanes, meta size, meta codec
+_LANE_ENTRY = struct.Struct("<QI")  # stream length, stream crc32
+_META_STORED, _META_ZLIB = 0, 1
+_KNOWN_FLAGS = 0  # version 1 defines no flag
+
+
+@dataclass
+class ImageRecord:
+    """What the container stores about one image (besides its coded bits).
+
+    Attributes:
+        name: original file name, no directory part.
+        fmt: original file format as Pillow names it ("PNG", "JPEG", ...).
+        mode: "L", "LA", "RGB" or "RGBA".
+        width, height: original size in pixels (before any padding).
+        checksum: 8-byte :func:`aribbps.imageio.pixel_checksum` of the pixels.
+        extra: codec-specific JSON-serialisable values (e.g. ``qp``).
+    """
+
+    name: str
+    fmt: str
+    mode: str
+    width: int
+    height: int
+    checksum: bytes
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Archive:
+    """A whole ``.arib`` file, decoded.
+
+    Attributes:
+        model_name: name of the model config the encoder used.
+        model_hash: sha256 of the model weights, 32 raw bytes.
+        mode: coding mode, one of :data:`CODING_MODES`.
+        lanes: number of lanes (= ``len(lane_streams)``).
+        tile_size: tile side used by the encoder, 0 for no tiling.
+        device_kind: "cpu" or "cuda", where the encoder ran the networks.
+        kernel_path: "torch" or "triton", which kernels computed them.
+        images: one record per image, in the codec's order.
+        lane_streams: the coder's output, one byte string per lane.
+        extra: codec-specific JSON-serialisable values for the whole file.
+    """
+
+    model_name: str
+    model_hash: bytes
+    mode: str
+    lanes: int
+    tile_size: int
+    device_kind: str
+    kernel_path: str
+    images: list[ImageRecord]
+    lane_streams: list[bytes]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------
+# validation shared by reader and writer
+
+def _name_problem(name: str) -> Optional[str]:
+    """Why ``name`` cannot be an output file name, or None if it can."""
+    if not name:
+        return "is empty"
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "is not valid Unicode (rename the file to a UTF-8 name)"
+    if size > MAX_NAME_BYTES:
+        return f"is longer than {MAX_NAME_BYTES} bytes"
+    if name in (".", "..") or any(c in name for c in "/\\\0"):
+        return "is not a plain file name (it contains a path separator or is . or ..)"
+    return None
+
+
+def _meta_limit(n_images: int) -> int:
+    """Largest metadata (uncompressed) accepted for ``n_images`` images."""
+    return min(_META_LIMIT_MAX, _META_LIMIT_BASE + _META_LIMIT_PER_IMAGE * n_images)
+
+
+# --------------------------------------------------------------------------
+# writing
+
+def _varint(value: int) -> bytes:
+    """Unsigned LEB128."""
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _str_field(text: str) -> bytes:
+    raw = text.encode("utf-8")
+    return _varint(len(raw)) + raw
+
+
+def _json_field(extra: Any, what: str) -> bytes:
+    """A dict as compact JSON in a string field; ``{}`` is stored as ``""``."""
+    if not isinstance(extra, dict):
+        raise ValueError(f"{what} must be a dict, got {type(extra).__name__}")
+    if not extra:
+        return _str_field("")
+    try:
+        text = json.dumps(extra, separators=(",", ":"), sort_keys=True,
+                          allow_nan=False, ensure_ascii=False)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{what} is not JSON-serialisable: {e}") from e
+    if json.loads(text) != extra:
+        raise ValueError(
+            f"{what} does not survive a JSON round trip (use str keys and lists, "
+            f"not tuples): {extra!r}"
+        )
+    return _str_field(text)
+
+
+def _code(value: str, table: tuple[str, ...], what: str) -> int:
+    if value not in table:
+        raise ValueError(f"{what} must be one of {list(table)}, got {value!r}")
+    return table.index(value)
+
+
+def _check_short_str(value: Any, what: str) -> None:
+    if not isinstance(value, str) or not value or len(value.encode("utf-8")) > MAX_SHORT_STR_BYTES:
+        raise ValueError(f"{what} must be a non-empty str of at most "
+                         f"{MAX_SHORT_STR_BYTES} bytes, got {value!r}")
+
+
+def _check_record(i: int, r: ImageRecord) -> None:
+    problem = _name_problem(r.name) if isinstance(r.name, str) else "is not a str"
+    if problem:
+        raise ValueError(f"image {i}: name {r.name!r} {problem}")
+    _check_short_str(r.fmt, f"image {i}: fmt")
+    for what, v in (("width", r.width), ("height", r.height)):
+        if not isinstance(v, int) or not 1 <= v <= MAX_SIDE:
+            raise ValueError(f"image {i}: {what} must be an int in 1..{MAX_SIDE}, got {v!r}")
+    if r.width * r.height > MAX_PIXELS:
+        raise ValueError(f"image {i}: {r.width}x{r.height} has more than {MAX_PIXELS} pixels")
+    if not isinstance(r.checksum, (bytes, bytearray)) or len(r.checksum) != CHECKSUM_SIZE:
+        raise ValueError(f"image {i}: checksum must be {CHECKSUM_SIZE} bytes, got {r.checksum!r}")
+
+
+def _encode_meta(a: Archive) -> bytes:
+    """The metadata table, uncompressed (docs/format.md, "Metadata")."""
+    parts = [
+        _varint(a.tile_size),
+        bytes([_code(a.mode, CODING_MODES, "mode"),
+               _code(a.device_kind, DEVICE_KINDS, "device_kind"),
+               _code(a.kernel_path, KERNEL_PATHS, "kernel_path")]),
+        _str_field(a.model_name),
+        _json_field(a.extra, "archive extra"),
+    ]
+    # Column by column: like values sit together, which zlib rewards.
+    parts += [_str_field(r.name) for r in a.images]
+    parts += [_str_field(r.fmt) for r in a.images]
+    parts.append(bytes(_code(r.mode, IMAGE_MODES, f"image {i}: mode")
+                       for i, r in enumerate(a.images)))
+    parts += [_varint(r.width) for r in a.images]
+    parts += [_varint(r.height) for r in a.images]
+    parts += [_json_field(r.extra, f"image {i}: extra") for i, r in enumerate(a.images)]
+    return b"".join(parts)
+
+
+def _check_archive(a: Archive) -> None:
+    _check_short_str(a.model_name, "model_name")
+    if not isinstance(a.model_hash, (bytes, bytearray)) or len(a.model_hash) != HASH_SIZE:
+        raise ValueError(f"model_hash must be {HASH_SIZE} raw bytes (sha256), got {a.model_hash!r}")
+    if not isinstance(a.tile_size, int) or not 0 <= a.tile_size <= MAX_SIDE:
+        raise ValueError(f"tile_size must be an int in 0..{MAX_SIDE}, got {a.tile_size!r}")
+    if not isinstance(a.lanes, int) or not 1 <= a.lanes <= MAX_LANES:
+        raise ValueError(f"lanes must be an int in 1..{MAX_LANES}, got {a.lanes!r}")
+    if len(a.lane_streams) != a.lanes:
+        raise ValueError(f"lanes is {a.lanes} but there are {len(a.lane_streams)} lane streams")
+    if len(a.images) > MAX_IMAGES:
+        raise ValueError(f"at most {MAX_IMAGES} images per archive, got {len(a.images)}")
+    for i, r in enumerate(a.images):
+        _check_record(i, r)
+
+
+def _encode_head(a: Archive, streams: list[bytes]) -> bytes:
+    """Prologue + header: everything in front of the lane streams."""
+    _check_archive(a)
+    meta = _encode_meta(a)
+    if len(meta) > _meta_limit(len(a.images)):
+        raise ValueError(f"metadata is {len(meta)} bytes, more than the "
+                         f"{_meta_limit(len(a.images))} a reader accepts; shrink the extra dicts")
+    packed = zlib.compress(meta, 9)
+    codec, meta_bytes = (_META_ZLIB, packed) if len(packed) < len(meta) else (_META_STORED, meta)
+    header = b"".join([
+        _HEADER_FIXED.pack(bytes(a.model_hash), len(a.images), a.lanes, len(meta_bytes), codec),
+        *(_LANE_ENTRY.pack(len(s), zlib.crc32(s)) for s in streams),
+        *(bytes(r.checksum) for r in a.images),
+        meta_bytes,
+    ])
+    if len(header) > 0xFFFFFFFF:
+        raise ValueError(f"header of {len(header)} bytes does not fit the u32 header size")
+    start = struct.pack("<4sHHI", MAGIC, FORMAT_VERSION, _KNOWN_FLAGS, len(header))
+    crc = zlib.crc32(header, zlib.crc32(start))
+    return start + struct.pack("<I", crc) + header
+
+
+def _streams(a: Archive) -> list[bytes]:
+    out = []
+    for i, s in enumerate(a.lane_streams):
+        if not isinstance(s, (bytes, bytearray, memoryview)):
+            raise ValueError(f"lane stream {i} must be bytes, got {type(s).__name__}")
+        out.append(bytes(s))
+    return out
+
+
+def encode_archive(a: Archive) -> bytes:
+    """Serialise ``a``. Raises ValueError (quoting the value) if a field is invalid."""
+    streams = _streams(a)
+    return _encode_head(a, streams) + b"".join(streams)
+
+
+def fixed_overhead_bytes(a: Archive) -> int:
+    """Size of ``a``'s container minus its lane streams: what the format costs."""
+    return len(_encode_head(a, _streams(a)))
+
+
+def write_archive(path: StrPath, a: Archive) -> Path:
+    """Encode ``a`` and write it atomically to ``path``."""
+    return atomic_write_bytes(path, encode_archive(a))
+
+
+# --------------------------------------------------------------------------
+# reading
+
+class _Reader:
+    """Bounds-checked cursor over a memoryview; runs out with an ArchiveError."""
+
+    def __init__(self, buf: memoryview, what: str) -> None:
+        self.buf, self.pos, self.what = buf, 0, what
+
+    def remaining(self) -> int:
+        return len(self.buf) - self.pos
+
+    def take(self, n: int) -> memoryview:
+        if n < 0 or n > self.remaining():
+            raise ArchiveError(f"corrupted: {self.what} ends early "
+                               f"(needs {n} more bytes, has {self.remaining()})")
+        out = self.buf[self.pos:self.pos + n]
+        self.pos += n
+        return out
+
+    def u8(self) -> int:
+        return self.take(1)[0]
+
+    def varint(self) -> int:
+        value = 0
+        for shift in range(0, 64, 7):
+            byte = self.u8()
+            value |= (byte & 0x7F) << shift
+            if not byte & 0x80:
+                if byte == 0 and shift:
+                    raise ArchiveError(f"corrupted: {self.what} has an overlong integer")
+                return value
+        raise ArchiveError(f"corrupted: {self.what} has an integer of more than 64 bits")
+
+    def string(self, max_bytes: int, what: str) -> str:
+        n = self.varint()
+        if n > max_bytes:
+            raise ArchiveError(f"corrupted: {what} is {n} bytes long (at most {max_bytes})")
+        try:
+            return str(self.take(n), "utf-8")
+        except UnicodeDecodeError:
+            raise ArchiveError(f"corrupted: {what} is not valid UTF-8") from None
+
+    def finish(self) -> None:
+        if self.remaining():
+            raise ArchiveError(f"corrupted: {self.remaining()} unexpected bytes after {self.what}")
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed")
+
+
+def _read_json(r: _Reader, what: str, max_bytes: int) -> dict[str, Any]:
+    text = r.string(max_bytes, what)
+    if not text:
+        return {}
+    try:
+        value = json.loads(text, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError) as e:
+        raise ArchiveError(f"corrupted: {what} is not valid JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise ArchiveError(f"corrupted: {what} is not a JSON object")
+    return value
+
+
+def _read_code(r: _Reader, table: tuple[str, ...], what: str) -> str:
+    code = r.u8()
+    if code >= len(table):
+        raise ArchiveError(f"corrupted: unknown {what} code {code} (known: {list(table)})")
+    return table[code]
+
+
+def _inflate(blob: memoryview, limit: int) -> bytes:
+    """zlib-decompress ``blob`` to at most ``limit`` bytes (no zip bombs)."""
+    d = zlib.decompressobj()
+    try:
+        out = d.decompress(blob, limit + 1)
+    except zlib.error as e:
+        raise ArchiveError(f"corrupted: metadata does not decompress ({e})") from None
+    if len(out) > limit:
+        raise ArchiveError(f"corrupted: metadata decompresses to more than {limit} bytes")
+    if not d.eof or d.unused_data:
+        raise ArchiveError("corrupted: metadata stream is incomplete or has trailing bytes")
+    return out
+
+
+def _decode_meta(meta: bytes, n_images: int, checksums: memoryview) -> dict[str, Any]:
+    r = _Reader(memoryview(meta), "metadata")
+    tile_size = r.varint()
+    if tile_size > MAX_SIDE:
+        raise ArchiveError(f"corrupted: tile size {tile_size} is above {MAX_SIDE}")
+    fields: dict[str, Any] = {
+        "tile_size": tile_size,
+        "mode": _read_code(r, CODING_MODES, "coding mode"),
+        "device_kind": _read_code(r, DEVICE_KINDS, "device kind"),
+        "kernel_path": _read_code(r, KERNEL_PATHS, "kernel path"),
+    }
+    fields["model_name"] = r.string(MAX_SHORT_STR_BYTES, "model name")
+    fields["extra"] = _read_json(r, "archive extra", len(meta))
+    names = [r.string(MAX_NAME_BYTES, f"image {i} name") for i in range(n_images)]
+    fmts = [r.string(MAX_SHORT_STR_BYTES, f"image {i} format") for i in range(n_images)]
+    modes = [_read_code(r, IMAGE_MODES, f"image {i} mode") for i in range(n_images)]
+    widths = [r.varint() for _ in range(n_images)]
+    heights = [r.varint() for _ in range(n_images)]
+    extras = [_read_json(r, f"image {i} extra", len(meta)) for i in range(n_images)]
+    r.finish()
+    images = []
+    for i in range(n_images):
+        problem = _name_problem(names[i])
+        if problem:
+            raise ArchiveError(f"corrupted: image {i} name {names[i]!r} {problem}")
+        if not fmts[i]:
+            raise ArchiveError(f"corrupted: image {i} has an empty format")
+        w, h = widths[i], heights[i]
+        if not (1 <= w <= MAX_SIDE and 1 <= h <= MAX_SIDE and w * h <= MAX_PIXELS):
+            raise ArchiveError(f"corrupted: image {i} has an impossible size {w}x{h}")
+        checksum = bytes(checksums[i * CHECKSUM_SIZE:(i + 1) * CHECKSUM_SIZE])
+        images.append(ImageRecord(names[i], fmts[i], modes[i], w, h, checksum, extras[i]))
+    if not fields["model_name"]:
+        raise ArchiveError("corrupted: empty model name")
+    fields["images"] = images
+    return fields
+
+
+def _truncated(expected: int, actual: int) -> ArchiveError:
+    return ArchiveError(f"truncated: header says {expected} bytes, file has {actual}")
+
+
+def decode_archive(data: Union[bytes, bytearray, memoryview]) -> Archive:
+    """Parse and verify an ``.arib`` file held in memory.
+
+    Raises:
+        ArchiveError: not an ``.arib`` file, an unsupported version or flag,
+            truncated, corrupted (any checksum), or inconsistent. Never any
+            other exception for any input bytes.
+    """
+    view = memoryview(data).cast("B")
+    size = len(view)
+    head = bytes(view[:len(MAGIC)])
+    if head != MAGIC[:len(head)] or size == 0:
+        raise ArchiveError("not an .arib file (bad magic)")
+    if size < _PROLOGUE.size:
+        raise ArchiveError(f"truncated: file has {size} bytes, "
+                           f"an .arib file has at least {_PROLOGUE.size}")
+    _, version, flags, header_size, header_crc = _PROLOGUE.unpack(view[:_PROLOGUE.size])
+    if version not in READABLE_VERSIONS:
+        readable = ", ".join(str(v) for v in READABLE_VERSIONS)
+        raise ArchiveError(f"unsupported format version {version} "
+                           f"(this aribbps reads version {readable})")
+    header_end = _PROLOGUE.size + header_size
+    if header_end > size:
+        raise _truncated(header_end, size)
+    header = view[_PROLOGUE.size:header_end]
+    if zlib.crc32(header, zlib.crc32(view[:12])) != header_crc:
+        raise ArchiveError("corrupted: header checksum mismatch")
+    if flags & ~_KNOWN_FLAGS:
+        raise ArchiveError(f"unsupported flags 0x{flags:04x}: the file uses features "
+                           f"this aribbps does not know (format version {version})")
+
+    r = _Reader(header, "header")
+    model_hash, n_images, n_lanes, meta_size, meta_codec = _HEADER_FIXED.unpack(
+        r.take(_HEADER_FIXED.size))
+    if not 1 <= n_lanes <= MAX_LANES:
+        raise ArchiveError(f"corrupted: lane count {n_lanes} outside 1..{MAX_LANES}")
+    if n_images > MAX_IMAGES:
+        raise ArchiveError(f"corrupted: image count {n_images} above {MAX_IMAGES}")
+    if meta_codec not in (_META_STORED, _META_ZLIB):
+        raise ArchiveError(f"corrupted: unknown metadata codec {meta_codec}")
+    expected = _HEADER_FIXED.size + n_lanes * _LANE_ENTRY.size + n_images * CHECKSUM_SIZE + meta_size
+    if expected != header_size:
+        raise ArchiveError(f"corrupted: header is {header_size} bytes but its counts "
+                           f"({n_images} images, {n_lanes} lanes) need {expected}")
+    lane_table = [_LANE_ENTRY.unpack(r.take(_LANE_ENTRY.size)) for _ in range(n_lanes)]
+    total = header_end + sum(length for length, _ in lane_table)
+    if total > size:
+        raise _truncated(total, size)
+    if total < size:
+        raise ArchiveError(f"corrupted: {size - total} unexpected bytes after the last "
+                           f"lane stream (header says {total} bytes, file has {size})")
+    checksums = r.take(n_images * CHECKSUM_SIZE)
+    meta_blob = r.take(meta_size)
+    r.finish()
+
+    limit = _meta_limit(n_images)
+    if meta_codec == _META_ZLIB:
+        meta = _inflate(meta_blob, limit)
+    elif meta_size > limit:
+        raise ArchiveError(f"corrupted: metadata of {meta_size} bytes is above {limit}")
+    else:
+        meta = bytes(meta_blob)
+    fields = _decode_meta(meta, n_images, checksums)
+
+    streams = []
+    offset = header_end
+    for i, (length, crc) in enumerate(lane_table):
+        stream = view[offset:offset + length]
+        if zlib.crc32(stream) != crc:
+            raise ArchiveError(f"corrupted: lane {i} checksum mismatch")
+        streams.append(bytes(stream))
+        offset += length
+    return Archive(model_hash=bytes(model_hash), lanes=n_lanes, lane_streams=streams, **fields)
+
+
+def read_archive(path: StrPath) -> Archive:
+    """Read and verify the ``.arib`` file at ``path``; errors name the file."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise ArchiveError(f"{path}: cannot read: {e.strerror or e}") from None
+    try:
+        return decode_archive(data)
+    except ArchiveError as e:
+        raise ArchiveError(f"{path}: {e}") from None
+
+
+def short_hash(model_hash: bytes) -> str:
+    """First 12 hex digits of a weights hash, as shown in messages."""
+    return bytes(model_hash).hex()[:12]
+
+
+def check_model(a: Archive, model_name: str, model_hash: bytes) -> None:
+    """Refuse to decode ``a`` with a model other than the one that encoded it.
+
+    Raises:
+        ModelMismatchError: naming both models (config name + short hash).
+    """
+    if a.model_name == model_name and bytes(a.model_hash) == bytes(model_hash):
+        return
+    raise ModelMismatchError(
+        f"this archive was encoded with model '{a.model_name}' (weights "
+        f"{short_hash(a.model_hash)}), but the loaded model is '{model_name}' "
+        f"(weights {short_hash(model_hash)}); pass --model with the weights "
+        "used for encoding"
+    )
