@@ -16,10 +16,10 @@ import contextlib
 import os
 import secrets
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Union
 
-StrPath = Union[str, "os.PathLike[str]"]
+StrPath = str | os.PathLike[str]
 
 _TMP_TAG = ".tmp-"
 _MAX_NAME_TRIES = 100
@@ -131,9 +131,9 @@ def _merge_into(tmp: Path, final: Path) -> None:
         for p in reversed(created):
             with contextlib.suppress(OSError):
                 os.unlink(p)
-        for d in reversed(made_dirs):
+        for made in reversed(made_dirs):
             with contextlib.suppress(OSError):
-                os.rmdir(d)
+                os.rmdir(made)
         raise
 
 

@@ -157,29 +157,19 @@ class PlaneCodec:
             batch = torch.from_numpy(_pad_batch([items[i] for i in rnd.items], rnd.height, rnd.width))
             x = batch.to(self.device)
             pushes = []
-            for k, s, logits, bits in self._teacher_forced_steps(x, rnd):
+            rgb = torch.from_numpy(rnd.rgb_lanes()).to(self.device)
+            latents = {id(net): self.latent_features(net, rnd) for net in (self.nets.sig, self.nets.ins)}
+            for k, s, logits, bits in teacher_forced_logits(self.nets, x, rnd.valid, latents):
                 probs7 = quantise_probs7(logits).cpu().numpy()  # the one D2H copy of this step
                 step_bits = step_view(bits, s).cpu().numpy()
-                theoretical[rnd.items] += self._theoretical(logits, step_view(bits, s), rnd, s)
+                cost = theoretical_cost(logits, step_view(bits, s), step_view(rnd.valid, s), rgb)
+                theoretical[rnd.items] += cost.double().cpu().numpy()
                 pushes.append((rnd, s, probs7, step_bits))
             for rnd_, s, probs7, step_bits in reversed(pushes):
                 quantised[rnd.items] += self._push(coder, rnd_, s, probs7, step_bits)
             if progress is not None:
                 progress(rnd.size)
         return coder.to_bytes(), CodingStats(theoretical, quantised)
-
-    def _teacher_forced_steps(self, x: Tensor, rnd: _Round) -> Iterator[tuple[int, int, Tensor, Tensor]]:
-        valid = rnd.valid
-        valid_u8 = valid.to(torch.uint8)
-        for k in range(1, 9):
-            net = self.nets.net_for(k)
-            context = net.plane_context(known_before(x, k), k, valid)
-            bits = plane_bits(x, k) * valid_u8
-            lat = self.latent_features(net, rnd)
-            for s in range(1, NUM_STEPS + 1):
-                before = steps_before_mask(s, rnd.height, rnd.width, x.device).to(torch.uint8)
-                logits = net.step_logits(k, s, context, bits * before, valid, lat)
-                yield k, s, logits, bits
 
     def _push(self, coder: LaneCoder, rnd: _Round, s: int, probs7: np.ndarray, step_bits: np.ndarray) -> np.ndarray:
         """Pushes one step of every lane; returns the ideal quantised cost per item."""
@@ -200,14 +190,6 @@ class PlaneCodec:
                               [p[:, 0] if not rgb[j] else empty7[:, 0] for j, p in enumerate(lane_probs)]
                               + [empty7[:, 0]] * pad)
         return np.array([_quantised_cost(lane_bits[j], lane_probs[j], bool(rgb[j])) for j in range(n)])
-
-    def _theoretical(self, logits: Tensor, bits: Tensor, rnd: _Round, s: int) -> np.ndarray:
-        p = coupled_probs(logits.float(), bits).clamp(P_MIN, P_MAX)
-        cost = -torch.log2(torch.where(bits.bool(), p, 1 - p))
-        channels = torch.tensor([[1.0, 1.0, 1.0] if c == 3 else [1.0, 0.0, 0.0] for c, _, _ in rnd.shapes],
-                                device=cost.device)
-        cost = cost * channels[:, :, None, None] * step_view(rnd.valid, s).to(cost.dtype)
-        return cost.sum(dim=(1, 2, 3)).double().cpu().numpy()
 
     # ------------------------------------------------------------------ decode
     @torch.no_grad()
@@ -274,6 +256,39 @@ class PlaneCodec:
             for j in np.flatnonzero(~rgb):
                 flat[j][mask[j]] = got[j][:, None]
         return flat.transpose(0, 2, 1).reshape(n, 3, h2, w2)
+
+
+def teacher_forced_logits(nets: PlaneNets, x: Tensor, valid: Tensor, latents: dict[int, Tensor | None] | None = None
+                          ) -> Iterator[tuple[int, int, Tensor, Tensor]]:
+    """The logits of every (plane, step) of padded images ``x``, from the true bits.
+
+    Exactly the network calls the decoder makes (same inputs, same shapes):
+    known image before plane k, bits of steps < s at valid positions.
+    ``latents`` maps ``id(net)`` to that net's latent features (None: none).
+    Yields ``(k, s, logits, plane_bits)``.
+    """
+    valid_u8 = valid.to(torch.uint8)
+    height, width = x.shape[-2:]
+    for k in range(1, 9):
+        net = nets.net_for(k)
+        context = net.plane_context(known_before(x, k), k, valid)
+        bits = plane_bits(x, k) * valid_u8
+        latent = (latents or {}).get(id(net))
+        for s in range(1, NUM_STEPS + 1):
+            before = steps_before_mask(s, height, width, x.device).to(torch.uint8)
+            yield k, s, net.step_logits(k, s, context, bits * before, valid, latent), bits
+
+
+def theoretical_cost(logits: Tensor, step_bits: Tensor, step_valid: Tensor, rgb: Tensor) -> Tensor:
+    """Cross-entropy (bits, unquantised probabilities) per batch item of one step.
+
+    ``rgb`` (B,) bool: False for greyscale/alpha items, of which only R is coded.
+    """
+    p = coupled_probs(logits.float(), step_bits).clamp(P_MIN, P_MAX)
+    cost = -torch.log2(torch.where(step_bits.bool(), p, 1 - p))
+    channels = torch.ones(3, device=cost.device)[None].repeat(len(rgb), 1)
+    channels[~rgb, 1:] = 0
+    return (cost * channels[:, :, None, None] * step_valid.to(cost.dtype)).sum(dim=(1, 2, 3))
 
 
 def _check_item(item: np.ndarray) -> ItemShape:

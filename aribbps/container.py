@@ -30,7 +30,7 @@ import struct
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any
 
 from .atomic import StrPath, atomic_write_bytes
 from .errors import ArchiveError, ModelMismatchError
@@ -122,7 +122,7 @@ class Archive:
 # --------------------------------------------------------------------------
 # validation shared by reader and writer
 
-def _name_problem(name: str) -> Optional[str]:
+def _name_problem(name: str) -> str | None:
     """Why ``name`` cannot be an output file name, or None if it can."""
     if not name:
         return "is empty"
@@ -344,12 +344,19 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not allowed")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"number {text[:20]} is out of range")
+    return value
+
+
 def _read_json(r: _Reader, what: str, max_bytes: int) -> dict[str, Any]:
     text = r.string(max_bytes, what)
     if not text:
         return {}
     try:
-        value = json.loads(text, parse_constant=_refuse_constant)
+        value = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
     except (ValueError, RecursionError) as e:
         raise ArchiveError(f"corrupted: {what} is not valid JSON ({e})") from None
     if not isinstance(value, dict):
@@ -420,7 +427,7 @@ def _truncated(expected: int, actual: int) -> ArchiveError:
     return ArchiveError(f"truncated: header says {expected} bytes, file has {actual}")
 
 
-def decode_archive(data: Union[bytes, bytearray, memoryview]) -> Archive:
+def decode_archive(data: bytes | bytearray | memoryview) -> Archive:
     """Parse and verify an ``.arib`` file held in memory.
 
     Raises:
@@ -460,7 +467,8 @@ def decode_archive(data: Union[bytes, bytearray, memoryview]) -> Archive:
         raise ArchiveError(f"corrupted: image count {n_images} above {MAX_IMAGES}")
     if meta_codec not in (_META_STORED, _META_ZLIB):
         raise ArchiveError(f"corrupted: unknown metadata codec {meta_codec}")
-    expected = _HEADER_FIXED.size + n_lanes * _LANE_ENTRY.size + n_images * CHECKSUM_SIZE + meta_size
+    expected = (_HEADER_FIXED.size + n_lanes * _LANE_ENTRY.size
+                + n_images * CHECKSUM_SIZE + meta_size)
     if expected != header_size:
         raise ArchiveError(f"corrupted: header is {header_size} bytes but its counts "
                            f"({n_images} images, {n_lanes} lanes) need {expected}")

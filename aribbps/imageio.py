@@ -27,7 +27,6 @@ import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
 
 import numpy as np
 from PIL import Image, features
@@ -98,12 +97,37 @@ def _rawmodes(im: Image.Image) -> list[str]:
     return out
 
 
+def _more_than_8_bits(im: Image.Image) -> bool:
+    """Whether the file stores more than 8 bits per sample, whatever mode Pillow shows.
+
+    Pillow reads 48/64-bit PNG, 16-bit PPM and some 16-bit TIFF into 8-bit
+    modes by dropping the low byte; coding that would silently lose data.
+    """
+    if im.mode in _HIGH_DEPTH_MODES:
+        return True
+    if any(_HIGH_DEPTH_RAWMODE.search(r) for r in _rawmodes(im)):
+        return True
+    for tile in getattr(im, "tile", None) or []:
+        args = tile[3] if len(tile) > 3 else None
+        if tile[0] in ("ppm", "ppm_plain") and isinstance(args, tuple) and len(args) > 1:
+            if isinstance(args[1], int) and args[1] > 255:  # PNM maxval
+                return True
+    tags = getattr(im, "tag_v2", None)
+    if tags is not None:
+        bits = tags.get(258)  # TIFF BitsPerSample
+        bits = bits if isinstance(bits, tuple) else (bits,)
+        if any(isinstance(b, int) and b > 8 for b in bits):
+            return True
+    return False
+
+
 def _refuse_mode(path: Path, im: Image.Image) -> None:
     mode = im.mode
-    if mode in _HIGH_DEPTH_MODES or any(_HIGH_DEPTH_RAWMODE.search(r) for r in _rawmodes(im)):
+    if _more_than_8_bits(im):
         raise ImageFormatError(
-            f"{path}: 16-bit images are not supported (Pillow mode {mode!r}); "
-            "aribbps codes 8 bits per channel"
+            f"{path}: 16-bit images are not supported: the file stores more than "
+            "8 bits per sample; aribbps codes 8 bits per channel, so convert it "
+            "to 8 bits first"
         )
     if mode in _COLOUR_TRANSFORM_MODES:
         raise ImageFormatError(
@@ -177,7 +201,7 @@ def load_image(path: StrPath) -> LoadedImage:
     return LoadedImage(name=p.name, fmt=fmt, mode=mode, pixels=pixels.copy())
 
 
-def _writer_format(fmt: str, mode: str, shape: Optional[tuple[int, ...]] = None) -> str:
+def _writer_format(fmt: str, mode: str, shape: tuple[int, ...] | None = None) -> str:
     """The format :func:`save_image` writes for an original of format ``fmt``."""
     f = fmt.upper()
     if f == "WEBP" and not features.check("webp"):
@@ -274,8 +298,8 @@ def pixel_checksum(pixels: np.ndarray) -> bytes:
 
 
 def split_alpha(
-    loaded: Union[LoadedImage, np.ndarray],
-) -> tuple[np.ndarray, Optional[np.ndarray], bool]:
+    loaded: LoadedImage | np.ndarray,
+) -> tuple[np.ndarray, np.ndarray | None, bool]:
     """Split off the alpha channel: ``(colour, alpha, alpha_opaque)``.
 
     ``colour`` is ``(H, W, 1 or 3)``. ``alpha`` is ``(H, W, 1)``, or None if
@@ -295,7 +319,7 @@ def split_alpha(
 
 
 def join_alpha(
-    colour: np.ndarray, alpha: Optional[np.ndarray], alpha_opaque: bool
+    colour: np.ndarray, alpha: np.ndarray | None, alpha_opaque: bool
 ) -> np.ndarray:
     """Inverse of :func:`split_alpha`: the ``(H, W, C)`` pixels."""
     if colour.ndim != 3 or colour.shape[2] not in (1, 3) or colour.dtype != np.uint8:

@@ -15,8 +15,8 @@ valid pixels, so the padding never has to be stored.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -127,7 +127,7 @@ def assemble(
         raise ValueError(f"{len(tiles)} tiles but {len(arrays)} arrays")
     out = np.empty((height, width, channels), dtype=np.uint8)
     covered = np.zeros((height, width), dtype=bool)
-    for t, a in zip(tiles, arrays):
+    for t, a in zip(tiles, arrays, strict=True):
         if t.h < 1 or t.w < 1 or t.y0 < 0 or t.x0 < 0 or t.y0 + t.h > height or t.x0 + t.w > width:
             raise ValueError(f"{t} does not lie inside a {height}x{width} image")
         if a.ndim != 3 or a.shape[0] != channels or a.shape[1] < t.h or a.shape[2] < t.w:

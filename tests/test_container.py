@@ -1,0 +1,409 @@
+"""Tests of the .arib container: round trips, hostile input, the documented example."""
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import re
+import struct
+import tracemalloc
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from aribbps import container as C
+from aribbps.container import (
+    Archive,
+    ImageRecord,
+    check_model,
+    decode_archive,
+    encode_archive,
+    fixed_overhead_bytes,
+    read_archive,
+    write_archive,
+)
+from aribbps.errors import ArchiveError, AribError, ModelMismatchError
+from aribbps.imageio import pixel_checksum
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "format.md"
+HASH_A = hashlib.sha256(b"weights A").digest()
+HASH_B = hashlib.sha256(b"weights B").digest()
+
+
+def small_archive(n_images: int = 2, lanes: int = 2) -> Archive:
+    images = [
+        ImageRecord(f"img_{i:03d}.png", "PNG", C.IMAGE_MODES[i % 4], 5 + i, 3 + i,
+                    hashlib.blake2b(bytes([i % 256, i // 256]), digest_size=8).digest(),
+                    {"qp": 3 + i % 8} if i % 2 else {})
+        for i in range(n_images)
+    ]
+    streams = [bytes([17 * k + j for j in range(3 + k)]) for k in range(lanes)]
+    return Archive("tiny", HASH_A, "single", lanes, 0, "cpu", "torch", images, streams,
+                   {"sig_num": 4})
+
+
+def example_archive() -> Archive:
+    """The archive whose hex dump docs/format.md shows."""
+    px = np.array([[[0, 0, 0], [255, 255, 255]], [[255, 0, 0], [0, 0, 255]]], dtype=np.uint8)
+    return Archive(
+        "tiny", hashlib.sha256(b"example weights").digest(), "single", 1, 0, "cpu", "torch",
+        [ImageRecord("a.png", "PNG", "RGB", 2, 2, pixel_checksum(px), {"qp": 3})],
+        [bytes.fromhex("deadbeef")], {},
+    )
+
+
+def forge(*, version: int = 1, flags: int = 0, n_images: int = 0, n_lanes: int = 1,
+          meta: bytes = b"", meta_codec: int = 0, meta_size: int | None = None,
+          lanes: list[tuple[int, int]] | None = None, checksums: bytes = b"",
+          header_size: int | None = None, tail: bytes = b"") -> bytes:
+    """A file with any header content and a *valid* header CRC, to reach deep checks."""
+    lanes = [(0, 0)] * n_lanes if lanes is None else lanes
+    header = (struct.pack("<32sIIIB", HASH_A, n_images, n_lanes,
+                          len(meta) if meta_size is None else meta_size, meta_codec)
+              + b"".join(struct.pack("<QI", n, c) for n, c in lanes) + checksums + meta)
+    size = len(header) if header_size is None else header_size
+    start = struct.pack("<4sHHI", b"ARIB", version, flags, size)
+    return start + struct.pack("<I", zlib.crc32(header, zlib.crc32(start))) + header + tail
+
+
+def meta_bytes(names: list[str], *, extra: bytes = b"\x00", widths: bytes | None = None,
+               image_extra: bytes | None = None, mode_codes: bytes | None = None) -> bytes:
+    """Metadata table for ``names`` (RGB, 1x1 images), pieces overridable."""
+    n = len(names)
+    out = b"\x00" + b"\x01\x00\x00" + b"\x04tiny" + extra
+    out += b"".join(bytes([len(s.encode())]) + s.encode() for s in names)
+    out += b"\x03PNG" * n
+    out += (b"\x02" * n) if mode_codes is None else mode_codes
+    out += (b"\x01" * n) if widths is None else widths
+    out += b"\x01" * n
+    out += (b"\x00" * n) if image_extra is None else image_extra
+    return out
+
+
+def expect_archive_error(data: bytes, match: str | None = None) -> ArchiveError:
+    with pytest.raises(ArchiveError, match=match) as info:
+        decode_archive(data)
+    return info.value
+
+
+# --------------------------------------------------------------------------
+# round trips
+
+names = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="/\\\x00"),
+                min_size=1, max_size=12).filter(lambda s: s not in (".", ".."))
+json_scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**60, 2**60), st.text(max_size=6),
+                         st.floats(allow_nan=False, allow_infinity=False))
+extras = st.dictionaries(st.text(max_size=5),
+                         st.one_of(json_scalars, st.lists(json_scalars, max_size=3)), max_size=3)
+records = st.builds(
+    ImageRecord, names, st.sampled_from(["PNG", "JPEG", "BMP", "TIFF", "WEBP"]),
+    st.sampled_from(C.IMAGE_MODES), st.integers(1, 5000), st.integers(1, 5000),
+    st.binary(min_size=8, max_size=8), extras)
+
+
+@st.composite
+def archives(draw: Any) -> Archive:
+    lanes = draw(st.integers(1, 4))
+    return Archive(
+        draw(st.sampled_from(["tiny", "small", "cifar10", "ä-model"])),
+        draw(st.binary(min_size=32, max_size=32)),
+        draw(st.sampled_from(C.CODING_MODES)), lanes, draw(st.integers(0, 4096)),
+        draw(st.sampled_from(C.DEVICE_KINDS)), draw(st.sampled_from(C.KERNEL_PATHS)),
+        draw(st.lists(records, max_size=6)),
+        draw(st.lists(st.binary(max_size=40), min_size=lanes, max_size=lanes)),
+        draw(extras),
+    )
+
+
+@settings(max_examples=150, deadline=None)
+@given(archives())
+def test_round_trip(a: Archive) -> None:
+    data = encode_archive(a)
+    assert decode_archive(data) == a
+    assert encode_archive(decode_archive(data)) == data
+    assert fixed_overhead_bytes(a) == len(data) - sum(len(s) for s in a.lane_streams)
+
+
+def test_round_trip_many_images_uses_zlib_and_stays_small() -> None:
+    a = small_archive(n_images=300, lanes=3)
+    data = encode_archive(a)
+    assert decode_archive(data) == a
+    meta_codec = data[16 + 44]
+    assert meta_codec == 1
+    # 8 bytes of checksum per image plus a few for names and sizes.
+    per_image = (fixed_overhead_bytes(a) - fixed_overhead_bytes(small_archive(0, 3))) / 300
+    assert per_image < 14, per_image
+
+
+def test_decode_accepts_bytearray_and_memoryview() -> None:
+    data = encode_archive(small_archive())
+    assert decode_archive(bytearray(data)) == decode_archive(memoryview(data))
+
+
+# --------------------------------------------------------------------------
+# damaged files
+
+def test_every_byte_and_bit_flip_is_detected() -> None:
+    a = small_archive()
+    data = encode_archive(a)
+    for i in range(len(data)):
+        for mask in (0xFF, 0x01, 0x80):
+            bad = bytearray(data)
+            bad[i] ^= mask
+            try:
+                got = decode_archive(bytes(bad))
+            except ArchiveError:
+                continue
+            assert got == a, f"byte {i} mask {mask:#x} decoded to a different archive"
+
+
+def test_every_truncation_is_an_archive_error() -> None:
+    data = encode_archive(small_archive())
+    for n in range(len(data)):
+        with pytest.raises(ArchiveError):
+            decode_archive(data[:n])
+
+
+def test_error_messages() -> None:
+    data = encode_archive(small_archive(lanes=4))
+    expect_archive_error(b"PNG\x00" + data[4:], r"not an \.arib file \(bad magic\)")
+    expect_archive_error(b"", "bad magic")
+    e = expect_archive_error(data[:-1], r"^truncated: header says \d+ bytes, file has \d+$")
+    assert f"says {len(data)} bytes, file has {len(data) - 1}" in str(e)
+    expect_archive_error(data[:40], "truncated: header says")
+    expect_archive_error(data + b"\x00", "unexpected bytes after the last lane stream")
+    bad = bytearray(data)
+    bad[30] ^= 1
+    expect_archive_error(bytes(bad), "^corrupted: header checksum mismatch$")
+    bad = bytearray(data)
+    bad[-1] ^= 1  # last byte of lane 3
+    expect_archive_error(bytes(bad), "^corrupted: lane 3 checksum mismatch$")
+    bad = bytearray(data)
+    bad[4:6] = struct.pack("<H", 7)
+    expect_archive_error(bytes(bad),
+                         r"^unsupported format version 7 \(this aribbps reads version 1\)$")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_random_garbage(data: bytes) -> None:
+    for prefix in (b"", b"ARIB", b"ARIB\x01\x00\x00\x00"):
+        with pytest.raises(ArchiveError):
+            decode_archive(prefix + data)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_mutated_metadata_with_valid_crc(data: st.DataObject) -> None:
+    """Behind a correct CRC (a crafted file), damaged metadata is still refused cleanly."""
+    a = small_archive(n_images=3, lanes=1)
+    meta = bytearray(C._encode_meta(a))
+    for _ in range(data.draw(st.integers(1, 4))):
+        i = data.draw(st.integers(0, len(meta) - 1))
+        meta[i] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(0, len(meta)))
+    meta = meta[:cut] + data.draw(st.binary(max_size=3))
+    raw = forge(n_images=3, meta=bytes(meta), checksums=b"\x00" * 24)
+    try:
+        got = decode_archive(raw)
+    except ArchiveError:
+        return
+    assert len(got.images) == 3
+
+
+def test_huge_declared_sizes_do_not_allocate() -> None:
+    cases = [
+        forge(n_images=0xFFFFFFFF),  # header size no longer matches
+        forge(n_images=0xFFFFFFFF, header_size=0xFFFFFFFF),
+        forge(n_lanes=0xFFFFFFFF, lanes=[]),
+        forge(meta_size=0xFFFFFFFF),
+        forge(lanes=[(2**64 - 1, 0)]),
+        forge(n_lanes=2, lanes=[(2**63, 0), (2**63, 0)]),
+        forge(meta=b"\xff\xff\xff\xff\xff\xff\xff\xff\x7f"),  # tile size 2^63
+        forge(n_images=1, checksums=b"\0" * 8,
+              meta=b"\x00\x01\x00\x00\x04tiny\x00" + b"\xff\xff\xff\xff\x0f"),  # name of 4 GiB
+    ]
+    tracemalloc.start()
+    try:
+        for raw in cases:
+            with pytest.raises(ArchiveError):
+                decode_archive(raw)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20, peak
+
+
+def test_zip_bomb_metadata_is_bounded() -> None:
+    bomb = zlib.compress(b"\x00" * (40 << 20), 9)  # 40 MiB of zeros in ~40 KiB
+    raw = forge(meta=bomb, meta_codec=1)
+    tracemalloc.start()
+    try:
+        expect_archive_error(raw, "decompresses to more than")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20, peak
+
+
+@pytest.mark.parametrize("n, meta, match", [
+    (1, meta_bytes(["../etc/passwd"]), "not a plain file name"),
+    (1, meta_bytes(["a/b.png"]), "not a plain file name"),
+    (1, meta_bytes([".."]), "not a plain file name"),
+    (1, meta_bytes(["a.png"], mode_codes=b"\x09"), "unknown image 0 mode code 9"),
+    (1, meta_bytes(["a.png"], widths=b"\x00"), "impossible size 0x1"),
+    (1, meta_bytes(["a.png"], widths=b"\x80\x80\x80\x80\x01"), "impossible size"),
+    (1, meta_bytes(["a.png"], widths=b"\x81\x00"), "overlong integer"),
+    (1, meta_bytes(["a.png"], extra=b"\x02[]"), "not a JSON object"),
+    (1, meta_bytes(["a.png"], extra=b"\x03NaN"), "not valid JSON"),
+    (1, meta_bytes(["a.png"], image_extra=b"\x02{x"), "not valid JSON"),
+    (1, meta_bytes(["a.png"]) + b"\x00", "unexpected bytes after metadata"),
+    (1, meta_bytes(["a.png"])[:-2], "ends early"),
+    (0, b"\x00\x01\x00\x00\x00" + b"\x00", "empty model name"),
+    (0, b"\x00\x07\x00\x00", "unknown coding mode code 7"),
+    (0, b"\x00\x00\x02\x00", "unknown device kind code 2"),
+])
+def test_bad_metadata_behind_valid_crc(n: int, meta: bytes, match: str) -> None:
+    expect_archive_error(forge(n_images=n, checksums=b"\0" * 8 * n, meta=meta), match)
+
+
+def test_deeply_nested_json_is_refused() -> None:
+    deep = b"[" * 100_000
+    meta = b"\x00\x01\x00\x00\x04tiny" + C._varint(len(deep)) + deep
+    expect_archive_error(forge(meta=zlib.compress(meta), meta_codec=1), "not valid JSON")
+
+
+def test_invalid_utf8_name_and_bad_codec_and_flags() -> None:
+    meta = meta_bytes(["ab"]).replace(b"\x02ab", b"\x02\xff\xfe")
+    expect_archive_error(forge(n_images=1, checksums=b"\0" * 8, meta=meta), "not valid UTF-8")
+    expect_archive_error(forge(meta_codec=5), "unknown metadata codec 5")
+    expect_archive_error(forge(meta=b"\x00\x00\x00", meta_codec=1), "does not decompress")
+    expect_archive_error(forge(meta=zlib.compress(b"abc")[:-2], meta_codec=1), "incomplete")
+    expect_archive_error(forge(n_lanes=0), r"lane count 0 outside")
+    expect_archive_error(forge(flags=4), "unsupported flags 0x0004")
+
+
+# --------------------------------------------------------------------------
+# writer validation
+
+@pytest.mark.parametrize("change, match", [
+    ({"model_hash": b"short"}, "model_hash must be 32"),
+    ({"mode": "fast"}, "mode must be one of"),
+    ({"device_kind": "tpu"}, "device_kind must be one of"),
+    ({"kernel_path": "cupy"}, "kernel_path must be one of"),
+    ({"lanes": 3}, "lanes is 3 but there are 2 lane streams"),
+    ({"lanes": 0, "lane_streams": []}, "lanes must be an int"),
+    ({"tile_size": -1}, "tile_size must be"),
+    ({"model_name": ""}, "model_name must be"),
+    ({"extra": {"t": (1, 2)}}, "JSON round trip"),
+    ({"extra": {1: 2}}, "JSON round trip"),
+    ({"extra": {"x": float("nan")}}, "not JSON-serialisable"),
+    ({"extra": {"x": object()}}, "not JSON-serialisable"),
+    ({"lane_streams": ["ab", b""]}, "lane stream 0 must be bytes"),
+])
+def test_encode_refuses_invalid_archives(change: dict[str, Any], match: str) -> None:
+    a = small_archive()
+    for k, v in change.items():
+        setattr(a, k, v)
+    with pytest.raises(ValueError, match=match):
+        encode_archive(a)
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"name": "../x.png"}, "not a plain file name"),
+    ({"name": "dir\\x.png"}, "not a plain file name"),
+    ({"name": ""}, "is empty"),
+    ({"name": "\udcff.png"}, "not valid Unicode"),
+    ({"width": 0}, "width must be"),
+    ({"height": C.MAX_SIDE + 1}, "height must be"),
+    ({"checksum": b"1234"}, "checksum must be 8 bytes"),
+    ({"mode": "P"}, "mode must be one of"),
+    ({"extra": [1]}, "must be a dict"),
+])
+def test_encode_refuses_invalid_records(change: dict[str, Any], match: str) -> None:
+    a = small_archive()
+    for k, v in change.items():
+        setattr(a.images[0], k, v)
+    with pytest.raises(ValueError, match=match):
+        encode_archive(a)
+
+
+# --------------------------------------------------------------------------
+# model check, files
+
+def test_check_model() -> None:
+    a = small_archive()
+    check_model(a, "tiny", HASH_A)
+    for name, h in (("tiny", HASH_B), ("small", HASH_A)):
+        with pytest.raises(ModelMismatchError) as info:
+            check_model(a, name, h)
+        msg = str(info.value)
+        assert "'tiny'" in msg and HASH_A.hex()[:12] in msg
+        assert f"'{name}'" in msg and h.hex()[:12] in msg and "--model" in msg
+        assert isinstance(info.value, AribError)
+
+
+def test_write_and_read_archive(tmp_path: Path) -> None:
+    a = small_archive()
+    path = tmp_path / "x.arib"
+    assert write_archive(path, a) == path
+    assert read_archive(path) == a
+    assert os.listdir(tmp_path) == ["x.arib"]
+    path.write_bytes(path.read_bytes()[:-1])
+    with pytest.raises(ArchiveError, match=re.escape(str(path)) + ": truncated"):
+        read_archive(path)
+    with pytest.raises(ArchiveError, match="cannot read"):
+        read_archive(tmp_path / "missing.arib")
+
+
+def test_write_archive_failure_leaves_old_file(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "x.arib"
+    path.write_bytes(b"old content")
+
+    def disk_full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(OSError) as info:
+        write_archive(path, small_archive())
+    assert info.value.errno == errno.ENOSPC
+    assert path.read_bytes() == b"old content"
+    assert os.listdir(tmp_path) == ["x.arib"]
+
+
+# --------------------------------------------------------------------------
+# the example in docs/format.md
+
+def _docs_hex_dump() -> bytes:
+    text = DOCS.read_text(encoding="utf-8")
+    block = text.split("<!-- example-hexdump -->", 2)[1]
+    out = bytearray()
+    for line in block.splitlines():
+        m = re.match(r"^([0-9a-f]{8})  ([0-9a-f ]+?)\s*(\|.*\|)?$", line.strip())
+        if m:
+            assert int(m.group(1), 16) == len(out)
+            out += bytes.fromhex(m.group(2))
+    return bytes(out)
+
+
+def test_docs_example_matches_the_encoder() -> None:
+    data = encode_archive(example_archive())
+    assert _docs_hex_dump() == data
+    assert decode_archive(data) == example_archive()
+    stated = re.search(r"fixed overhead of (\d+) bytes", DOCS.read_text(encoding="utf-8"))
+    assert stated and int(stated.group(1)) == fixed_overhead_bytes(example_archive())
+
+
+def test_docs_state_the_limits() -> None:
+    text = DOCS.read_text(encoding="utf-8")
+    for value in (C.MAX_LANES, C.MAX_IMAGES, C.MAX_SIDE, C.MAX_PIXELS, C.MAX_NAME_BYTES):
+        assert str(value) in text, value
+    for table in (C.CODING_MODES, C.DEVICE_KINDS, C.KERNEL_PATHS, C.IMAGE_MODES):
+        for code, name in enumerate(table):
+            assert f"| {code} | `{name}` |" in text, name
