@@ -146,7 +146,8 @@ def atomic_directory(final_dir: StrPath) -> Iterator[Path]:
     if it exists (empty or not), the new files are moved into it one by one
     with :func:`os.replace`, replacing files of the same name and leaving other
     files alone. When the block raises, the temporary directory and everything
-    in it is deleted and ``final_dir`` is untouched.
+    in it is deleted, ``final_dir`` is untouched, and parent directories
+    created for it are removed again.
 
     Example::
 
@@ -156,8 +157,13 @@ def atomic_directory(final_dir: StrPath) -> Iterator[Path]:
     final = Path(final_dir)
     if final.exists() and not final.is_dir():
         raise NotADirectoryError(f"output path exists and is not a directory: {final}")
+    new_parents = [p for p in final.absolute().parents if not p.exists()]
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _make_temp_directory(final)
+    try:
+        tmp = _make_temp_directory(final)
+    except BaseException:
+        _remove_empty(new_parents)
+        raise
     try:
         yield tmp
         _fsync_tree(tmp)
@@ -176,5 +182,15 @@ def atomic_directory(final_dir: StrPath) -> Iterator[Path]:
             _fsync_directory(final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        _remove_empty(new_parents)
         raise
     _fsync_directory(final.parent)
+
+
+def _remove_empty(directories: list[Path]) -> None:
+    """Remove directories this module created, innermost first, if still empty."""
+    for d in directories:  # Path.parents runs from innermost to outermost
+        try:
+            os.rmdir(d)
+        except OSError:
+            return

@@ -423,6 +423,14 @@ def test_atomic_directory_failure_leaves_nothing(tmp_path: Path, existing: bool,
         assert os.listdir(final) == ["a.png"] and (final / "a.png").read_bytes() == b"old"
 
 
+def test_atomic_directory_failure_removes_created_parents(tmp_path: Path) -> None:
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_directory(tmp_path / "a" / "b" / "out") as tmp:
+            (tmp / "x.png").write_bytes(b"x")
+            raise KeyboardInterrupt
+    assert os.listdir(tmp_path) == []
+
+
 def test_atomic_directory_failed_merge_removes_new_files(tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     final = tmp_path / "out"
