@@ -17,12 +17,16 @@ $(PY):
 
 $(VENV)/.installed: $(PY) setup.py pyproject.toml $(CODER_SRC) $(CODER_HDR) coder/binding.cpp
 	$(PIP) install -q $(TORCH_PIN)
-	$(PIP) install -q -e ".[test]"
+	$(PIP) install -q -e ".[bench]"
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PIP) install -q -e ".[test,bench]"
 	touch $@
 
 install: $(VENV)/.installed
 
-install-test: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
 
 # The C++ core alone (no Python), plain and under ASan+UBSan.
 build/test_coder: coder/test_coder.cpp $(CODER_SRC) $(CODER_HDR)

@@ -35,6 +35,12 @@ DEFAULT_LANES = 8
 DEFAULT_TILE = 256
 #: Coding mode of this codec: every plane from plane and space contexts.
 CONTEXT_MODE = "context"
+#: Largest item (tile, or untiled image) the codec accepts, in pixels: bounds
+#: the memory a single network batch needs, for the encoder and for a
+#: decoder reading a hostile header.
+MAX_ITEM_PIXELS = 1 << 24
+#: Fewest bits any coded bit can cost: -log2(255/256).
+_MIN_BITS_PER_BIT = 0.00565
 
 Progress = Callable[[int], None]
 
@@ -126,6 +132,7 @@ def encode_images(images: Sequence[LoadedImage], model: LoadedModel, lanes: int 
                                    pixel_checksum(image.pixels), extra))
         parts_of.append(parts)
     refs = _item_refs(records, tile)
+    _check_item_sizes(refs, AribError, "use --tile to cut it into tiles")
     items = [cut_tiles(parts_of[ref.image][ref.part], [ref.tile])[0] for ref, _ in refs]
     codec = PlaneCodec(model.nets, model.cfg.pad_multiple, lanes, model.device, threads)
     streams, stats = codec.encode(items, progress)
@@ -142,6 +149,13 @@ def _per_image(stats: CodingStats, refs: Sequence[tuple[_ItemRef, tuple[int, int
     for (ref, _), bits in zip(refs, stats.theoretical_bits):
         totals[ref.image] += float(bits)
     return totals
+
+
+def _check_item_sizes(refs: Sequence[tuple[_ItemRef, tuple[int, int, int]]], error: type[AribError],
+                      advice: str) -> None:
+    for _, (_, h, w) in refs:
+        if h * w > MAX_ITEM_PIXELS:
+            raise error(f"an item of {w}x{h} pixels exceeds the limit of {MAX_ITEM_PIXELS} pixels; {advice}")
 
 
 def load_images(paths: Sequence[str | Path]) -> list[LoadedImage]:
@@ -199,6 +213,10 @@ def decode_archive_images(archive: Archive, model: LoadedModel, threads: int = 0
         raise ArchiveError(f"this archive was encoded on {archive.device_kind!r} and must be decoded on the same "
                            f"device kind (got {model.device.type!r}); pass --device {archive.device_kind}")
     refs = _item_refs(archive.images, archive.tile_size)
+    _check_item_sizes(refs, ArchiveError, "the header is corrupted")
+    coded_bits = 8 * sum(c * h * w for _, (c, h, w) in refs)
+    if 8 * sum(len(s) for s in archive.lane_streams) < coded_bits * _MIN_BITS_PER_BIT:
+        raise ArchiveError("corrupted: the lane streams are too short for the images the header declares")
     codec = PlaneCodec(model.nets, model.cfg.pad_multiple, archive.lanes, model.device, threads)
     try:
         items = codec.decode([shape for _, shape in refs], archive.lane_streams, progress)
