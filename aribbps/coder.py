@@ -137,6 +137,13 @@ class LaneCoder:
         flat = self._core.pop_latent(d, _per_lane_param(qp, self.lanes, np.uint8), offsets)
         return _unflatten(flat, offsets, d_fixed)
 
+    def pop_latent_partial(self, d_fixed: PerLane, qp: Union[int, Sequence[int]]) -> tuple[PerLane, np.ndarray]:
+        """Like :meth:`pop_latent`, but lanes short of bits are left unchanged and
+        flagged False in the returned ``ok`` array instead of raising."""
+        d, offsets = _flatten(d_fixed, self.lanes, (), np.int32)
+        flat, ok = self._core.pop_latent_partial(d, _per_lane_param(qp, self.lanes, np.uint8), offsets)
+        return _unflatten(flat, offsets, d_fixed), ok
+
     # -- pseudo-random padding (initial bits) --------------------------------
     def push_padding(self, words: Union[int, Sequence[int]], seeds: Union[int, Sequence[int]]) -> None:
         self._core.push_padding(_per_lane_param(words, self.lanes, np.int64),

@@ -159,6 +159,22 @@ PYBIND11_MODULE(_coder, m) {
              }
              return out;
            })
+      .def("pop_latent_partial",
+           [](LaneCoder& c, const CArray<int32_t>& d_fixed, const CArray<uint8_t>& qp, const CArray<int64_t>& offsets) {
+             const int64_t* off = offsets_of(c, offsets);
+             check_size(d_fixed, total(offsets), "d_fixed");
+             check_size(qp, static_cast<py::ssize_t>(c.lanes()), "qp");
+             CArray<uint32_t> out(total(offsets));
+             uint32_t* o = out.mutable_data();
+             std::vector<uint8_t> flags(c.lanes());
+             {
+               py::gil_scoped_release release;
+               c.pop_latent_partial(d_fixed.data(), qp.data(), off, o, flags.data());
+             }
+             CArray<bool> ok(static_cast<py::ssize_t>(c.lanes()));
+             for (size_t l = 0; l < flags.size(); ++l) ok.mutable_data()[l] = flags[l] != 0;
+             return py::make_tuple(out, ok);
+           })
       .def("push_padding",
            [](LaneCoder& c, const CArray<int64_t>& words, const CArray<uint64_t>& seeds) {
              check_size(words, static_cast<py::ssize_t>(c.lanes()), "words");

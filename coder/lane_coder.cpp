@@ -60,6 +60,18 @@ void check_qp(uint8_t qp, size_t lane) {
   }
 }
 
+void pop_latent_lane(RansStack& s, const int32_t* d_fixed, uint8_t qp, int64_t begin, int64_t end, uint32_t* out) {
+  const uint64_t k_bins = uint64_t{1} << qp;
+  for (int64_t i = begin; i < end; ++i) {
+    const LatentWeights w = latent_weights(d_fixed[i]);
+    const uint64_t bin = latent_find_bin(w, k_bins, s.pop_peek(kLatentPrecisionBits));
+    const uint64_t lo = latent_cdf(w, k_bins, bin);
+    const uint64_t hi = latent_cdf(w, k_bins, bin + 1);
+    s.pop_commit(lo, hi - lo, kLatentPrecisionBits);
+    out[i] = static_cast<uint32_t>(bin);
+  }
+}
+
 }  // namespace
 
 LaneCoder::LaneCoder(size_t lanes, size_t threads) {
@@ -209,15 +221,23 @@ void LaneCoder::pop_latent(const int32_t* d_fixed, const uint8_t* qp, const int6
   std::lock_guard<std::mutex> lock(mutex_);
   check_offsets(offsets);
   for (size_t l = 0; l < stacks_.size(); ++l) check_qp(qp[l], l);
-  for_lanes_atomic([&](size_t l, RansStack& s) {
-    const uint64_t k_bins = uint64_t{1} << qp[l];
-    for (int64_t i = offsets[l]; i < offsets[l + 1]; ++i) {
-      const LatentWeights w = latent_weights(d_fixed[i]);
-      const uint64_t bin = latent_find_bin(w, k_bins, s.pop_peek(kLatentPrecisionBits));
-      const uint64_t lo = latent_cdf(w, k_bins, bin);
-      const uint64_t hi = latent_cdf(w, k_bins, bin + 1);
-      s.pop_commit(lo, hi - lo, kLatentPrecisionBits);
-      out[i] = static_cast<uint32_t>(bin);
+  for_lanes_atomic(
+      [&](size_t l, RansStack& s) { pop_latent_lane(s, d_fixed, qp[l], offsets[l], offsets[l + 1], out); });
+}
+
+void LaneCoder::pop_latent_partial(const int32_t* d_fixed, const uint8_t* qp, const int64_t* offsets,
+                                   uint32_t* out, uint8_t* ok) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  check_offsets(offsets);
+  for (size_t l = 0; l < stacks_.size(); ++l) check_qp(qp[l], l);
+  for_lanes([&](size_t l, RansStack& s) {
+    const RansStack::Checkpoint saved = s.checkpoint();
+    try {
+      pop_latent_lane(s, d_fixed, qp[l], offsets[l], offsets[l + 1], out);
+      ok[l] = 1;
+    } catch (const NotEnoughBits&) {
+      s.restore(saved);
+      ok[l] = 0;
     }
   });
 }

@@ -54,6 +54,12 @@ class LaneCoder {
   // Latent bins (latent.hpp): d_fixed per item, qp per lane in [3, 16].
   void push_latent(const uint32_t* bins, const int32_t* d_fixed, const uint8_t* qp, const int64_t* offsets);
   void pop_latent(const int32_t* d_fixed, const uint8_t* qp, const int64_t* offsets, uint32_t* out);
+  // Bits-back sampling that tolerates short stacks: like pop_latent, but a
+  // lane that runs out of bits is restored to its state before the call and
+  // reported with ok[l] = 0 (its outputs are left unspecified) while the other
+  // lanes pop normally. The encoder uses it to choose qp / padding per lane.
+  void pop_latent_partial(const int32_t* d_fixed, const uint8_t* qp, const int64_t* offsets, uint32_t* out,
+                          uint8_t* ok);
 
   // Pseudo-random padding: words[l] 32-bit words from a splitmix64 stream
   // seeded with seeds[l]; pop_padding pops them again and writes 1 to ok[l]

@@ -104,6 +104,19 @@ def test_pop_below_the_bottom_raises_and_changes_nothing() -> None:
         LaneCoder(1).pop_uniform([1], 16)
 
 
+def test_partial_latent_pop_flags_short_lanes_only() -> None:
+    coder = LaneCoder(3, 2)
+    coder.push_padding([40, 0, 40], [1, 2, 3])
+    before = coder.to_bytes()
+    d = np.zeros((3, 30), np.int32)
+    bins, ok = coder.pop_latent_partial(d, 10)
+    assert ok.tolist() == [True, False, True]
+    after = coder.to_bytes()
+    assert after[1] == before[1] and after[0] != before[0]
+    coder.push_latent([bins[0], np.zeros(0), bins[2]], [d[0], np.zeros(0), d[2]], 10)
+    assert coder.to_bytes() == before
+
+
 def test_num_bits_tracks_information() -> None:
     coder = LaneCoder(2)
     assert list(coder.num_bits()) == [0, 0]
