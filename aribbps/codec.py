@@ -22,7 +22,7 @@ device to the host once; per-lane selection of valid positions is NumPy.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -50,10 +50,14 @@ class PlaneNets:
 
 @dataclass
 class CodingStats:
-    """Per-item figures of one coding run."""
+    """Per-item figures of one coding run, in bits."""
 
-    theoretical_bits: np.ndarray  # unquantised probabilities (cross-entropy)
-    quantised_bits: np.ndarray  # ideal cost of the quantised probabilities
+    theoretical_bits: np.ndarray  # planes, unquantised probabilities (cross-entropy)
+    quantised_bits: np.ndarray  # planes, ideal cost of the quantised probabilities
+
+    @classmethod
+    def zeros(cls, n: int) -> "CodingStats":
+        return cls(np.zeros(n), np.zeros(n))
 
 
 @dataclass
@@ -112,6 +116,15 @@ def _replicate_pad(x: Tensor, shapes: Sequence[ItemShape]) -> Tensor:
     return x
 
 
+@dataclass
+class StepCodes:
+    """What one (plane, step) of a round hands the coder."""
+
+    s: int
+    probs7: np.ndarray  # (n, H/2*W/2, 7) uint8
+    bits: np.ndarray  # (n, 3, H/2, W/2) uint8
+
+
 class PlaneCodec:
     """Codes lists of items with a model's SIG and INS networks on L lanes.
 
@@ -122,9 +135,11 @@ class PlaneCodec:
         device: where the networks run.
         threads: coder threads (0 = one per CPU).
 
-    The SIG heads' latent-feature input is the extension point of the latent
-    model: :meth:`latent_features` supplies it per round (None here, where
-    every plane is coded from the plane and space contexts alone).
+    This class codes every plane from the plane and space contexts alone
+    ("context" mode). Its building blocks (:meth:`plane_codes`,
+    :meth:`push_codes`, :meth:`decode_planes`) take the SIG heads' latent
+    features as an argument: the extension point the ArIB codec
+    (:mod:`aribbps.arib`) builds on.
     """
 
     def __init__(self, nets: PlaneNets, multiple: int, lanes: int, device: torch.device | str = "cpu",
@@ -137,39 +152,45 @@ class PlaneCodec:
         self.device = torch.device(device)
         self.threads = threads
 
-    def latent_features(self, net: BitPlaneNet, rnd: "_Round") -> Tensor | None:
-        """Latent features for ``net``'s heads in round ``rnd`` (None: no latent model)."""
-        if net.cfg.latent_channels > 0:
-            raise ValueError("this model's SIG network takes latent features; code it in an ArIB mode")
-        return None
-
     # ------------------------------------------------------------------ encode
     @torch.no_grad()
     def encode(self, items: Sequence[np.ndarray], progress: Callable[[int], None] | None = None
                ) -> tuple[list[bytes], CodingStats]:
         """Codes ``items`` ((C, h, w) uint8, C in {1, 3}); returns lane streams and stats."""
+        if self.nets.sig.cfg.latent_channels > 0:
+            raise ValueError("this model's SIG network takes latent features; code it in an ArIB mode")
         shapes = [_check_item(item) for item in items]
-        theoretical = np.zeros(len(items))
-        quantised = np.zeros(len(items))
+        stats = CodingStats.zeros(len(items))
         coder = LaneCoder(self.lanes, self.threads)
-        rounds = list(plan_rounds(shapes, self.lanes, self.multiple, self.device))
-        for rnd in reversed(rounds):
-            batch = torch.from_numpy(_pad_batch([items[i] for i in rnd.items], rnd.height, rnd.width))
-            x = batch.to(self.device)
-            pushes = []
-            rgb = torch.from_numpy(rnd.rgb_lanes()).to(self.device)
-            latents = {id(net): self.latent_features(net, rnd) for net in (self.nets.sig, self.nets.ins)}
-            for k, s, logits, bits in teacher_forced_logits(self.nets, x, rnd.valid, latents):
-                probs7 = quantise_probs7(logits).cpu().numpy()  # the one D2H copy of this step
-                step_bits = step_view(bits, s).cpu().numpy()
-                cost = theoretical_cost(logits, step_view(bits, s), step_view(rnd.valid, s), rgb)
-                theoretical[rnd.items] += cost.double().cpu().numpy()
-                pushes.append((rnd, s, probs7, step_bits))
-            for rnd_, s, probs7, step_bits in reversed(pushes):
-                quantised[rnd.items] += self._push(coder, rnd_, s, probs7, step_bits)
+        for rnd in reversed(list(plan_rounds(shapes, self.lanes, self.multiple, self.device))):
+            x = self.round_batch(items, rnd)
+            self.push_codes(coder, rnd, self.plane_codes(x, rnd, range(1, 9), None, stats), stats)
             if progress is not None:
                 progress(rnd.size)
-        return coder.to_bytes(), CodingStats(theoretical, quantised)
+        return coder.to_bytes(), stats
+
+    def round_batch(self, items: Sequence[np.ndarray], rnd: _Round) -> Tensor:
+        """The round's items as one padded (n, 3, H, W) uint8 batch on the device."""
+        return torch.from_numpy(_pad_batch([items[i] for i in rnd.items], rnd.height, rnd.width)).to(self.device)
+
+    def plane_codes(self, x: Tensor, rnd: _Round, planes: Iterable[int], latent: Tensor | None,
+                    stats: CodingStats) -> list[StepCodes]:
+        """Teacher-forced coder input of ``planes`` (decoding order); adds theoretical costs to ``stats``."""
+        rgb = torch.from_numpy(rnd.rgb_lanes()).to(self.device)
+        codes = []
+        for k, s, logits, bits in teacher_forced_logits(self.nets, x, rnd.valid, latent, planes):
+            probs7 = quantise_probs7(logits).cpu().numpy()  # the one D2H copy of this step
+            cost = theoretical_cost(logits, step_view(bits, s), step_view(rnd.valid, s), rgb)
+            stats.theoretical_bits[rnd.items] += cost.double().cpu().numpy()
+            codes.append(StepCodes(s, probs7, step_view(bits, s).cpu().numpy()))
+        return codes
+
+    def push_codes(self, coder: LaneCoder, rnd: _Round, codes: Sequence[StepCodes], stats: CodingStats | None) -> None:
+        """Pushes ``codes`` in reverse order, so that the decoder pops them in order."""
+        for code in reversed(codes):
+            cost = self._push(coder, rnd, code.s, code.probs7, code.bits)
+            if stats is not None:
+                stats.quantised_bits[rnd.items] += cost
 
     def _push(self, coder: LaneCoder, rnd: _Round, s: int, probs7: np.ndarray, step_bits: np.ndarray) -> np.ndarray:
         """Pushes one step of every lane; returns the ideal quantised cost per item."""
@@ -201,41 +222,59 @@ class PlaneCodec:
             aribbps.coder.StreamError / NotEnoughBitsError: damaged streams.
             ValueError: streams left with unread bits (damaged or wrong model).
         """
-        if len(streams) != self.lanes:
-            raise ValueError(f"expected {self.lanes} lane streams, got {len(streams)}")
-        coder = LaneCoder.from_bytes(streams, self.threads)
+        coder = self.open_streams(streams)
         out: list[np.ndarray] = [np.empty(0, np.uint8)] * len(shapes)
         for rnd in plan_rounds(list(shapes), self.lanes, self.multiple, self.device):
-            x = self._decode_round(coder, rnd)
-            for j, i in enumerate(rnd.items):
-                c, h, w = rnd.shapes[j]
-                out[i] = np.ascontiguousarray(x[j, :c, :h, :w])
+            x = self.empty_batch(rnd)
+            self.decode_planes(coder, rnd, x, range(1, 9), None)
+            self.collect(x, rnd, out)
             if progress is not None:
                 progress(rnd.size)
+        self.check_consumed(coder)
+        return out
+
+    def open_streams(self, streams: Sequence[bytes]) -> LaneCoder:
+        if len(streams) != self.lanes:
+            raise ValueError(f"expected {self.lanes} lane streams, got {len(streams)}")
+        return LaneCoder.from_bytes(streams, self.threads)
+
+    def empty_batch(self, rnd: _Round) -> Tensor:
+        return torch.zeros((rnd.size, 3, rnd.height, rnd.width), dtype=torch.uint8, device=self.device)
+
+    @staticmethod
+    def collect(x: Tensor, rnd: _Round, out: list[np.ndarray]) -> None:
+        pixels = x.cpu().numpy()
+        for j, i in enumerate(rnd.items):
+            c, h, w = rnd.shapes[j]
+            out[i] = np.ascontiguousarray(pixels[j, :c, :h, :w])
+
+    @staticmethod
+    def check_consumed(coder: LaneCoder) -> None:
         if not coder.is_empty().all():
             raise ValueError("lane streams hold more bits than the images need: the file is damaged "
                              "or was written by another model")
-        return out
 
-    def _decode_round(self, coder: LaneCoder, rnd: _Round) -> np.ndarray:
-        n = rnd.size
-        x = torch.zeros((n, 3, rnd.height, rnd.width), dtype=torch.uint8, device=self.device)
+    def decode_planes(self, coder: LaneCoder, rnd: _Round, x: Tensor, planes: Iterable[int],
+                      latent: Tensor | None) -> None:
+        """Pops ``planes`` of a round into ``x`` (n, 3, H, W) uint8, in place.
+
+        ``x`` must hold the planes above the first one (zeros below them).
+        """
         valid = rnd.valid
         rgb = rnd.rgb_lanes()
-        for k in range(1, 9):
+        for k in planes:
             net = self.nets.net_for(k)
-            latent = self.latent_features(net, rnd)
             known = _replicate_pad(x.clone(), rnd.shapes)
             context = net.plane_context(known, k, valid)
             bits = torch.zeros_like(x)
+            lat = latent if net.cfg.latent_channels > 0 else None
             for s in range(1, NUM_STEPS + 1):
-                logits = net.step_logits(k, s, context, bits, valid, latent)
+                logits = net.step_logits(k, s, context, bits, valid, lat)
                 probs7 = quantise_probs7(logits).cpu().numpy()
                 step_bits = self._pop(coder, rnd, s, probs7, rgb)
                 pr, pc = step_positions(s)
                 bits[:, :, pr::2, pc::2] = torch.from_numpy(step_bits).to(self.device)
             x |= bits << (8 - k)
-        return x.cpu().numpy()
 
     def _pop(self, coder: LaneCoder, rnd: _Round, s: int, probs7: np.ndarray, rgb: np.ndarray) -> np.ndarray:
         """Pops one step of every lane; returns (n, 3, H/2, W/2) bits (0 at invalid)."""
@@ -258,25 +297,25 @@ class PlaneCodec:
         return flat.transpose(0, 2, 1).reshape(n, 3, h2, w2)
 
 
-def teacher_forced_logits(nets: PlaneNets, x: Tensor, valid: Tensor, latents: dict[int, Tensor | None] | None = None
-                          ) -> Iterator[tuple[int, int, Tensor, Tensor]]:
+def teacher_forced_logits(nets: PlaneNets, x: Tensor, valid: Tensor, latent: Tensor | None = None,
+                          planes: Iterable[int] = range(1, 9)) -> Iterator[tuple[int, int, Tensor, Tensor]]:
     """The logits of every (plane, step) of padded images ``x``, from the true bits.
 
     Exactly the network calls the decoder makes (same inputs, same shapes):
-    known image before plane k, bits of steps < s at valid positions.
-    ``latents`` maps ``id(net)`` to that net's latent features (None: none).
+    known image before plane k, bits of steps < s at valid positions, and
+    ``latent`` features for the networks that take them.
     Yields ``(k, s, logits, plane_bits)``.
     """
     valid_u8 = valid.to(torch.uint8)
     height, width = x.shape[-2:]
-    for k in range(1, 9):
+    for k in planes:
         net = nets.net_for(k)
         context = net.plane_context(known_before(x, k), k, valid)
         bits = plane_bits(x, k) * valid_u8
-        latent = (latents or {}).get(id(net))
+        lat = latent if net.cfg.latent_channels > 0 else None
         for s in range(1, NUM_STEPS + 1):
             before = steps_before_mask(s, height, width, x.device).to(torch.uint8)
-            yield k, s, net.step_logits(k, s, context, bits * before, valid, latent), bits
+            yield k, s, net.step_logits(k, s, context, bits * before, valid, lat), bits
 
 
 def theoretical_cost(logits: Tensor, step_bits: Tensor, step_valid: Tensor, rgb: Tensor) -> Tensor:
