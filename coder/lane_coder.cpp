@@ -237,6 +237,7 @@ void LaneCoder::pop_latent_partial(const int32_t* d_fixed, const uint8_t* qp, co
       ok[l] = 1;
     } catch (const NotEnoughBits&) {
       s.restore(saved);
+      std::fill(out + offsets[l], out + offsets[l + 1], 0u);
       ok[l] = 0;
     }
   });

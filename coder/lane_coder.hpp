@@ -56,7 +56,7 @@ class LaneCoder {
   void pop_latent(const int32_t* d_fixed, const uint8_t* qp, const int64_t* offsets, uint32_t* out);
   // Bits-back sampling that tolerates short stacks: like pop_latent, but a
   // lane that runs out of bits is restored to its state before the call and
-  // reported with ok[l] = 0 (its outputs are left unspecified) while the other
+  // reported with ok[l] = 0 (its outputs are set to 0) while the other
   // lanes pop normally. The encoder uses it to choose qp / padding per lane.
   void pop_latent_partial(const int32_t* d_fixed, const uint8_t* qp, const int64_t* offsets, uint32_t* out,
                           uint8_t* ok);

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from aribbps.bitplanes import NUM_STEPS, known_before, plane_bits, space_prior_quarter, step_view
 from aribbps.config import ModelConfig, NetConfig
 from aribbps.models.entropy_head import EntropyHead
+from aribbps.models.latent import LatentModel
 from aribbps.models.plane_context import PlaneContext
 from aribbps.models.space_context import SpaceContext
 from aribbps.probability import bits_cost
@@ -51,9 +52,12 @@ class BitPlaneNet(nn.Module):
         dropout: dropout probability in the residual blocks (training).
     """
 
+    latent: LatentModel | None
+
     def __init__(self, cfg: NetConfig, dropout: float = 0.0) -> None:
         super().__init__()
         self.cfg = cfg
+        self.latent = None  # the ladder VAE, on SIG nets of configs with use_latent
         self.planes: tuple[int, ...] = tuple(cfg.planes)
         self.context = PlaneContext(
             self.planes, cfg.plane_width, cfg.plane_depth, cfg.relative_inputs, dropout
@@ -208,5 +212,13 @@ def _check_image(x: Tensor) -> None:
 
 
 def build_nets(cfg: ModelConfig, dropout: float = 0.0) -> tuple[BitPlaneNet, BitPlaneNet]:
-    """The SIG and INS networks of a model config."""
-    return BitPlaneNet(cfg.sig_net(), dropout), BitPlaneNet(cfg.ins_net(), dropout)
+    """The SIG and INS networks of a model config.
+
+    With ``cfg.use_latent`` the SIG network owns the ladder VAE as its
+    ``latent`` submodule (as the paper's ``sig.pth`` holds the latent model),
+    so saving and loading the SIG net carries it along.
+    """
+    sig = BitPlaneNet(cfg.sig_net(), dropout)
+    if cfg.use_latent:
+        sig.latent = LatentModel(cfg, dropout)
+    return sig, BitPlaneNet(cfg.ins_net(), dropout)

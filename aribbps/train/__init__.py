@@ -1,0 +1,47 @@
+"""Training ArIB-BPS networks: ``python -m aribbps.train`` (see docs/training.md).
+
+Python API (everything the CLI does)::
+
+    from aribbps.train import TrainOptions, train, combine_models
+    train(TrainOptions(mode="ins", config="tiny-context", dataset_type="filedataset",
+                       data_dir="patches", save_dir="runs/ins", num_iters=1000))
+
+Modules: :mod:`~aribbps.train.trainer` (loop, checkpoints, resume, DDP),
+:mod:`~aribbps.train.objectives` (what each ``--mode`` minimises),
+:mod:`~aribbps.train.presets` (the paper's settings table).
+"""
+from aribbps.train.objectives import (
+    InsObjective,
+    LatentModelUnavailable,
+    Objective,
+    SigObjective,
+    build_objective,
+)
+from aribbps.train.presets import PRESETS, Preset, get_preset
+from aribbps.train.trainer import (
+    TrainingError,
+    TrainOptions,
+    TrainResult,
+    combine_models,
+    launch,
+    load_checkpoint,
+    train,
+)
+
+__all__ = [
+    "InsObjective",
+    "LatentModelUnavailable",
+    "Objective",
+    "PRESETS",
+    "Preset",
+    "SigObjective",
+    "TrainOptions",
+    "TrainResult",
+    "TrainingError",
+    "build_objective",
+    "combine_models",
+    "get_preset",
+    "launch",
+    "load_checkpoint",
+    "train",
+]

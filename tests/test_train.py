@@ -1,0 +1,308 @@
+"""Training: CLI, presets, objectives, resume exactness, 2-process DDP, a short run that learns."""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from aribbps.config import get_config
+from aribbps.models import build_nets
+from aribbps.train import (
+    InsObjective,
+    LatentModelUnavailable,
+    SigObjective,
+    TrainOptions,
+    build_objective,
+    get_preset,
+    load_checkpoint,
+    train,
+)
+from aribbps.train.__main__ import build_parser, main, resolve_options
+from aribbps.train.objectives import keep_logits_float32
+from aribbps.weights import load_model, state_tensors
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = get_config("tiny-context")
+
+
+def _smooth_images(folder: Path, n: int, size: int = 8, seed: int = 0) -> Path:
+    """Structured images: a colour gradient in a random direction, plus noise."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size, 0:size].astype(np.float64)
+    for i in range(n):
+        slope = rng.uniform(-12, 12, 2)
+        base = x * slope[0] + y * slope[1] + rng.uniform(60, 190)
+        colour = base[..., None] + rng.uniform(-40, 40, 3)
+        pixels = np.clip(colour + rng.normal(0, 2, colour.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / f"{i:03d}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _smooth_images(tmp_path_factory.mktemp("data") / "imgs", 16)
+
+
+def _opts(data: Path, save: Path, **kw) -> TrainOptions:
+    base = dict(
+        mode="sig", config="tiny-context", dataset_type="filedataset", data_dir=str(data),
+        save_dir=str(save), valid_num=3, batch_size=2, num_iters=6, log_interval=2,
+        valid_interval=4, lr=3e-3, dropout=0.2, device="cpu",
+    )
+    base.update(kw)
+    return TrainOptions(**base)
+
+
+def _exit_code(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    try:
+        code = main(argv)
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    return code, capsys.readouterr().err
+
+
+# --- CLI ---------------------------------------------------------------------------
+
+def test_help_exits_zero(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for option in ("--data_dir", "--data-dir", "--batch_size", "--preset", "--master_port", "--num_gpus"):
+        assert option in out
+    with pytest.raises(SystemExit) as info:
+        main(["combine", "--help"])
+    assert info.value.code == 0
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--preset", "IN128"], "unknown preset 'IN128'"),
+        (["--config", "tiny-context", "--data_dir", "/no/such/dir"], "data folder '/no/such/dir' does not exist"),
+        (["--config", "tiny-context", "--dataset_type", "cifar10"], "CIFAR-10 batches not found"),
+        (["--config", "tiny-context", "--batch_size", "0"], "--batch_size must be >= 1"),
+        (["--config", "tiny-context", "--amp", "--device", "cpu"], "--amp needs a CUDA device"),
+        (["--config", "tiny-context", "--qp_path", "qp.txt"], "only used by --mode finetune"),
+        (["--config", "tiny"], "needs the latent model"),
+        (["--config", "tiny-context", "--mode", "finetune"], "--mode finetune is not available"),
+        (["--config", "no-such-config"], "unknown config 'no-such-config'"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line(
+    extra: list[str], message: str, images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--mode", "sig", "--data_dir", str(images), "--save_dir", str(tmp_path / "run"), *extra]
+    code, err = _exit_code(argv, capsys)
+    assert code == 2
+    assert message in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_data_dir_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = _exit_code(["--mode", "ins", "--save_dir", str(tmp_path)], capsys)
+    assert code == 2 and "--data_dir" in err and len(err.strip().splitlines()) == 1
+
+
+def test_preset_fills_settings_and_flags_override(monkeypatch: pytest.MonkeyPatch, images: Path) -> None:
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    row = get_preset("IN64(small)", "ins")
+    assert (row.lr, row.total_batch, row.num_iters, row.valid_interval) == (2e-4, 128, 740_000, 2_800)
+    assert (row.decay_rate, row.decay_interval, row.dropout, row.valid_num) == (0.99, 2_800, 0.0, 50_000)
+    assert get_preset("cifar10", "finetune").num_iters == 56_000
+    assert get_preset("in32", "sig").dropout == 0.2
+    parser = build_parser()
+    common = ["--data-dir", str(images), "--save-dir", "x", "--device", "cpu"]
+    args = parser.parse_args(["--mode", "ins", "--preset", "imagenet32", "--num_gpus", "4", "--lr", "1e-3", *common])
+    opts, nprocs = resolve_options(args)
+    assert nprocs == 4 and opts.batch_size == 32  # table's total 128 over 4 processes
+    assert opts.lr == 1e-3 and opts.num_iters == 700_000 and opts.valid_num == 50_000
+    assert opts.config == "imagenet32" and opts.decay_rate == 0.965
+    args = parser.parse_args(["--mode", "ins", "--preset", "cifar10", "--config", "tiny-context",
+                              "--batch_size", "3", *common])
+    opts, nprocs = resolve_options(args)
+    assert nprocs == 1 and opts.batch_size == 3 and opts.config == "tiny-context" and opts.dropout == 0.3
+    monkeypatch.setenv("WORLD_SIZE", "2")  # under torchrun: this process is one of 2
+    opts, nprocs = resolve_options(parser.parse_args(["--mode", "sig", "--preset", "cifar10", *common]))
+    assert nprocs == 1 and opts.batch_size == 8
+
+
+# --- objectives ---------------------------------------------------------------------
+
+def test_objectives_train_one_net_and_freeze_the_other() -> None:
+    torch.manual_seed(0)
+    sig, ins = build_nets(TINY, dropout=0.1)
+    obj = build_objective("ins", TINY, sig, ins)
+    assert isinstance(obj, InsObjective) and set(obj.trained()) == {"ins"}
+    assert not any(p.requires_grad for p in sig.parameters()) and not sig.training
+    x = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    bpsp, metrics = obj.loss(x)
+    assert bpsp.requires_grad and abs(bpsp.item() - 4.0) < 1e-5  # untrained heads: 1 bit per bit
+    assert set(metrics) == {"bpsp", "bpsp_p5", "bpsp_p6", "bpsp_p7", "bpsp_p8"}
+    assert isinstance(build_objective("sig", TINY, *build_nets(TINY)), SigObjective)
+    latent_cfg = get_config("tiny")
+    with pytest.raises(LatentModelUnavailable, match="latent model"):
+        build_objective("sig", latent_cfg, *build_nets(latent_cfg))
+    with pytest.raises(LatentModelUnavailable, match="finetune"):
+        build_objective("finetune", TINY, *build_nets(TINY))
+
+
+def test_mixed_precision_keeps_probability_maths_float32() -> None:
+    torch.manual_seed(0)
+    sig, ins = build_nets(TINY)
+    with torch.no_grad():
+        for p in ins.parameters():
+            p.add_(torch.randn_like(p))  # confident predictions
+    keep_logits_float32(ins)
+    x = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    head = ins.head(5, 1).entropy
+    seen = []
+    head.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
+    ref, _ = InsObjective(TINY, sig, ins).loss(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bpsp, _ = InsObjective(TINY, sig, ins).loss(x)
+    assert seen[-1] == torch.float32 and bpsp.dtype == torch.float32
+    assert torch.isfinite(bpsp) and abs(bpsp.item() - ref.item()) < 0.05 * ref.item()
+    assert all(p.dtype == torch.float32 for p in ins.parameters())
+
+
+# --- resume -------------------------------------------------------------------------
+
+def _checkpoint_state(save: Path) -> dict[str, torch.Tensor]:
+    ckpt = load_checkpoint(save)
+    flat = {f"{m}.{k}": v for m, sd in ckpt["modules"].items() for k, v in sd.items()}
+    for pid, state in ckpt["optimizer"]["state"].items():
+        flat.update({f"adam.{pid}.{k}": v for k, v in state.items()})
+    return flat
+
+
+def test_resume_continues_bit_exactly(images: Path, tmp_path: Path) -> None:
+    # 7 training images, batch 2: 3 batches per epoch, so 4 + 4 steps cross epochs
+    # on both sides of the resume; dropout, random crops and flips all draw randomness.
+    kw = dict(random_crop=6, hflip=True, valid_num=9, valid_interval=3, decay_interval=3, decay_rate=0.5)
+    full = tmp_path / "full"
+    train(_opts(images, full, num_iters=8, **kw))
+    part = tmp_path / "part"
+    first = train(_opts(images, part, num_iters=4, **kw))
+    assert first.iterations == 4
+    ckpt = load_checkpoint(part / "checkpoint.pt")
+    assert ckpt["iteration"] == 4 and (ckpt["epoch"], ckpt["batch_in_epoch"]) == (1, 1)
+    assert {"torch", "numpy", "python"} <= set(ckpt["rng"][0]) and ckpt["config"] == TINY.to_dict()
+    assert ckpt["args"]["num_iters"] == 4
+    result = train(_opts(images, part, num_iters=8, resume=str(part), **kw))
+    assert result.iterations == 8
+    a, b = _checkpoint_state(full), _checkpoint_state(part)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
+    assert load_checkpoint(full)["scheduler"] == load_checkpoint(part)["scheduler"]
+    assert load_model(full / "final_sig.safetensors")[3] == load_model(part / "final_sig.safetensors")[3]
+    log = (part / "train.log").read_text().splitlines()
+    headers = [line for line in log if line.startswith("#")]
+    assert len(headers) == 2 and "start_iter=4" in headers[1]
+
+
+# --- DDP ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("launcher", ["torchrun", "num_gpus"])
+def test_two_process_ddp_on_cpu(launcher: str, images: Path, tmp_path: Path) -> None:
+    save, debug = tmp_path / "ddp", tmp_path / "debug"
+    if launcher == "torchrun":
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "aribbps.train"]
+    else:  # the paper code's way: the trainer spawns the processes itself
+        port = 20000 + os.getpid() % 20000
+        cmd = [sys.executable, "-m", "aribbps.train", "--num_gpus", "2", "--master_port", str(port)]
+    cmd += [
+        "--mode", "ins", "--config", "tiny-context", "--data_dir", str(images),
+        "--save_dir", str(save), "--valid_num", "3", "--batch_size", "2", "--num_iters", "4",
+        "--log_interval", "2", "--valid_interval", "2", "--lr", "3e-3", "--dropout", "0.2",
+        "--device", "cpu", "--debug-dir", str(debug),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    env.pop("WORLD_SIZE", None)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((debug / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["hash"] == ranks[1]["hash"]  # DDP kept the replicas identical
+    assert ranks[1]["written"] == []  # only rank 0 writes
+    assert "checkpoint.pt" in ranks[0]["written"] and "final_ins.safetensors" in ranks[0]["written"]
+    ckpt = load_checkpoint(save)
+    assert ckpt["world_size"] == 2 and len(ckpt["rng"]) == 2 and ckpt["iteration"] == 4
+    assert load_model(save / "final_ins.safetensors")[3] == ranks[0]["hash"]
+    log = (save / "train.log").read_text()
+    assert log.count("# aribbps.train") == 1 and "processes=2" in log and "batch=2x2" in log
+
+
+def test_cifar10_batches_train(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        with open(folder / name, "wb") as f:
+            pickle.dump({b"data": rng.integers(0, 256, (2, 3072), dtype=np.uint8), b"labels": [0, 1]}, f)
+    code, err = _exit_code([
+        "--mode", "ins", "--config", "tiny-context", "--dataset_type", "cifar10", "--data_dir", str(tmp_path),
+        "--save_dir", str(tmp_path / "run"), "--valid_num", "2", "--batch_size", "2", "--num_iters", "2",
+        "--device", "cpu", "--random-crop", "8",
+    ], capsys)
+    assert code == 0, err
+    assert "valid_num=2" in (tmp_path / "run" / "train.log").read_text()
+
+
+# --- a short run that learns, the exports and combine ------------------------------
+
+def test_short_training_learns_and_exports(
+    tmp_path: Path, model_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = _smooth_images(tmp_path / "imgs", 24, seed=1)
+    run = tmp_path / "sig"
+    code, _ = _exit_code([
+        "--mode", "sig", "--config", "tiny-context", "--data_dir", str(data), "--save_dir", str(run),
+        "--valid_num", "4", "--batch_size", "4", "--num_iters", "36", "--log_interval", "6",
+        "--valid_interval", "12", "--lr", "5e-3", "--device", "cpu", "--hflip",
+    ], capsys)
+    assert code == 0
+    valid = [float(line.split("valid ")[1].split()[0]) for line in (run / "train.log").read_text().splitlines()
+             if "valid " in line and "valid -" not in line]
+    assert len(valid) == 3
+    assert valid[-1] < 3.6 < 4.0  # 4 planes start at 1 bit each (8.0 for all 8 planes)
+    assert valid[-1] < valid[0]
+    cfg, sig, ins, _ = load_model(run / "best_sig.safetensors")
+    assert cfg == TINY
+    torch.manual_seed(0)
+    _, fresh_ins = build_nets(TINY)
+    assert all(torch.equal(a, b) for a, b in zip(ins.state_dict().values(), fresh_ins.state_dict().values()))
+
+    # ins run starting from a model file: the frozen SIG is exported unchanged.
+    ins_run = tmp_path / "ins"
+    train(_opts(data, ins_run, mode="ins", config=None, init=str(model_file), num_iters=2, valid_num=0))
+    assert not (ins_run / "best_ins.safetensors").exists()  # no validation set
+    _, init_sig, init_ins, _ = load_model(model_file)
+    _, out_sig, out_ins, _ = load_model(ins_run / "final_ins.safetensors")
+    assert all(torch.equal(a, b) for a, b in zip(init_sig.state_dict().values(), out_sig.state_dict().values()))
+    assert not all(torch.equal(a, b) for a, b in zip(init_ins.state_dict().values(), out_ins.state_dict().values()))
+
+    combined = tmp_path / "model.safetensors"
+    code, _ = _exit_code(["combine", "--sig", str(run / "best_sig.safetensors"),
+                          "--ins", str(ins_run / "final_ins.safetensors"), "-o", str(combined)], capsys)
+    assert code == 0
+    got = state_tensors(*load_model(combined)[1:3])
+    want_sig = state_tensors(sig, out_ins)
+    assert got.keys() == want_sig.keys() and all(torch.equal(got[k], want_sig[k]) for k in got)
+
+    other = tmp_path / "other.safetensors"
+    from conftest import make_model_file
+    make_model_file(other, config="tiny")
+    code, err = _exit_code(["combine", "--sig", str(other), "--ins", str(combined), "-o", str(tmp_path / "x")],
+                           capsys)
+    assert code == 2 and "differ" in err and len(err.strip().splitlines()) == 1
