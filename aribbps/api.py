@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from aribbps.atomic import atomic_directory, atomic_write_bytes
+from aribbps.arib import ARIB_MODES, AribCodec, AribStats
 from aribbps.codec import CodingStats, PlaneCodec
 from aribbps.coder import NotEnoughBitsError, StreamError
 from aribbps.container import Archive, ImageRecord, check_model, encode_archive, read_archive
@@ -33,8 +34,10 @@ from aribbps.zoo import LoadedModel, load, resolve_device
 
 DEFAULT_LANES = 8
 DEFAULT_TILE = 256
-#: Coding mode of this codec: every plane from plane and space contexts.
+#: Coding modes: "context" codes every plane from plane and space contexts
+#: (models without latent model); "single" and "dataset" are the ArIB modes.
 CONTEXT_MODE = "context"
+CODING_MODES = (CONTEXT_MODE, *ARIB_MODES)
 #: Largest item (tile, or untiled image) the codec accepts, in pixels: bounds
 #: the memory a single network batch needs, for the encoder and for a
 #: decoder reading a hostile header.
@@ -52,10 +55,18 @@ class CompressResult:
     archive: Archive
     data: bytes
     subpixels: int
-    theoretical_bits: float  # cross-entropy, unquantised probabilities
-    quantised_bits: float  # ideal cost of the quantised probabilities
+    theoretical_bits: float  # planes: cross-entropy, unquantised probabilities
+    quantised_bits: float  # planes: ideal cost of the quantised probabilities
     seconds: float
     per_image_theoretical: list[float] = field(default_factory=list)
+    prior_bits: float = 0.0  # ArIB: qp * |z|
+    posterior_bits: float = 0.0  # ArIB: -log2 q(z|x) of the sampled latents (bits got back)
+    auxiliary_bits: float = 0.0  # ArIB: padding words pushed as initial bits
+
+    @property
+    def net_bits(self) -> float:
+        """What the streams should cost: quantised planes + prior - posterior + auxiliary."""
+        return self.quantised_bits + self.prior_bits - self.posterior_bits + self.auxiliary_bits
 
     @property
     def actual_bpd(self) -> float:
@@ -63,11 +74,13 @@ class CompressResult:
 
     @property
     def theoretical_bpd(self) -> float:
-        return self.theoretical_bits / self.subpixels
+        """Unquantised plane probabilities, plus the latents' net cost (prior - posterior)."""
+        return (self.theoretical_bits + self.prior_bits - self.posterior_bits) / self.subpixels
 
     @property
     def quantised_bpd(self) -> float:
-        return self.quantised_bits / self.subpixels
+        """The information the coder is given (quantised planes + latents), without auxiliary bits."""
+        return (self.quantised_bits + self.prior_bits - self.posterior_bits) / self.subpixels
 
 
 # ------------------------------------------------------------------ items
@@ -113,9 +126,21 @@ def _subpixels(records: Sequence[ImageRecord]) -> int:
 
 
 # ------------------------------------------------------------------ encode
+def default_mode(model: LoadedModel, n_images: int) -> str:
+    """ArIB single mode for one image, dataset mode for several; context without latent model."""
+    if model.nets.sig.latent is None:
+        return CONTEXT_MODE
+    return "single" if n_images == 1 else "dataset"
+
+
 def encode_images(images: Sequence[LoadedImage], model: LoadedModel, lanes: int = DEFAULT_LANES,
-                  tile: int = DEFAULT_TILE, threads: int = 0, progress: Progress | None = None) -> CompressResult:
-    """Codes images in memory; returns the archive, its bytes and the figures."""
+                  tile: int = DEFAULT_TILE, threads: int = 0, progress: Progress | None = None,
+                  mode: str | None = None) -> CompressResult:
+    """Codes images in memory; returns the archive, its bytes and the figures.
+
+    ``mode``: "context", "single" or "dataset" (see :data:`CODING_MODES`);
+    None picks :func:`default_mode`.
+    """
     if not images:
         raise AribError("no images to compress")
     if tile < 0 or tile % 2:
@@ -134,14 +159,59 @@ def encode_images(images: Sequence[LoadedImage], model: LoadedModel, lanes: int 
     refs = _item_refs(records, tile)
     _check_item_sizes(refs, AribError, "use --tile to cut it into tiles")
     items = [cut_tiles(parts_of[ref.image][ref.part], [ref.tile])[0] for ref, _ in refs]
-    codec = PlaneCodec(model.nets, model.cfg.pad_multiple, lanes, model.device, threads)
-    streams, stats = codec.encode(items, progress)
-    archive = Archive(model.name, model.weights_hash, CONTEXT_MODE, lanes, tile, model.device.type, "torch",
+    mode = mode or default_mode(model, len(images))
+    streams, stats = _codec(model, mode, lanes, threads).encode(items, progress)
+    if isinstance(stats, AribStats):
+        _record_side_info(records, refs, stats)
+    archive = Archive(model.name, model.weights_hash, mode, lanes, tile, model.device.type, "torch",
                       records, streams)
     data = encode_archive(archive)
-    per_image = _per_image(stats, refs, len(records))
-    return CompressResult(archive, data, _subpixels(records), float(stats.theoretical_bits.sum()),
-                          float(stats.quantised_bits.sum()), time.perf_counter() - start, per_image)
+    result = CompressResult(archive, data, _subpixels(records), float(stats.theoretical_bits.sum()),
+                            float(stats.quantised_bits.sum()), time.perf_counter() - start,
+                            _per_image(stats, refs, len(records)))
+    if isinstance(stats, AribStats):
+        result.prior_bits = float(stats.prior_bits.sum())
+        result.posterior_bits = float(stats.posterior_bits.sum())
+        result.auxiliary_bits = float(stats.padding_bits.sum())
+    return result
+
+
+def _codec(model: LoadedModel, mode: str, lanes: int, threads: int) -> PlaneCodec:
+    if mode not in CODING_MODES:
+        raise AribError(f"unknown coding mode {mode!r}; choose one of {', '.join(CODING_MODES)}")
+    if mode == CONTEXT_MODE:
+        if model.nets.sig.latent is not None:
+            raise AribError(f"model {model.name!r} has a latent model: use mode 'single' or 'dataset'")
+        return PlaneCodec(model.nets, model.cfg.pad_multiple, lanes, model.device, threads)
+    if model.nets.sig.latent is None:
+        raise AribError(f"model {model.name!r} has no latent model: only mode 'context' is available")
+    return AribCodec(model.nets, model.cfg.pad_multiple, lanes, mode, model.device, threads)
+
+
+def _record_side_info(records: Sequence[ImageRecord], refs: Sequence[tuple[_ItemRef, tuple[int, int, int]]],
+                      stats: AribStats) -> None:
+    """Per image, the qp and padding word count of each of its items, in item order."""
+    for i, record in enumerate(records):
+        own = [j for j, (ref, _) in enumerate(refs) if ref.image == i]
+        record.extra["qp"] = [int(stats.qp[j]) for j in own]
+        if stats.padding_words[own].any():
+            record.extra["pad"] = [int(stats.padding_words[j]) for j in own]
+
+
+def _side_info(archive: Archive, refs: Sequence[tuple[_ItemRef, tuple[int, int, int]]]) -> tuple[list[int], list[int]]:
+    per_image: dict[int, int] = {}
+    qps, pads = [], []
+    for ref, _ in refs:
+        k = per_image.get(ref.image, 0)
+        per_image[ref.image] = k + 1
+        extra = archive.images[ref.image].extra
+        try:
+            qps.append(int(extra["qp"][k]))
+            pads.append(int(extra["pad"][k]) if "pad" in extra else 0)
+        except (KeyError, IndexError, TypeError, ValueError):
+            raise ArchiveError(f"corrupted: image {archive.images[ref.image].name!r} lacks its latent precision "
+                               "(qp) or padding counts") from None
+    return qps, pads
 
 
 def _per_image(stats: CodingStats, refs: Sequence[tuple[_ItemRef, tuple[int, int, int]]], n: int) -> list[float]:
@@ -182,10 +252,10 @@ def batch_inputs(directory: str | Path) -> list[Path]:
 
 def compress(inputs: Sequence[str | Path], output: str | Path, model: LoadedModel | str | None = None,
              lanes: int = DEFAULT_LANES, tile: int = DEFAULT_TILE, device: str | None = "cpu", threads: int = 0,
-             progress: Progress | None = None) -> CompressResult:
+             progress: Progress | None = None, mode: str | None = None) -> CompressResult:
     """Compresses image files into one ``.arib`` file (written atomically)."""
     loaded = model if isinstance(model, LoadedModel) else load(model, device)
-    result = encode_images(load_images(inputs), loaded, lanes, tile, threads, progress)
+    result = encode_images(load_images(inputs), loaded, lanes, tile, threads, progress, mode)
     atomic_write_bytes(output, result.data)
     return result
 
@@ -207,8 +277,6 @@ def decode_archive_images(archive: Archive, model: LoadedModel, threads: int = 0
         ChecksumError: an image decoded to pixels other than the encoder's.
     """
     check_model(archive, model.name, model.weights_hash)
-    if archive.mode != CONTEXT_MODE:
-        raise ArchiveError(f"this archive uses coding mode {archive.mode!r}, which this aribbps cannot decode")
     if archive.device_kind != model.device.type:
         raise ArchiveError(f"this archive was encoded on {archive.device_kind!r} and must be decoded on the same "
                            f"device kind (got {model.device.type!r}); pass --device {archive.device_kind}")
@@ -217,9 +285,17 @@ def decode_archive_images(archive: Archive, model: LoadedModel, threads: int = 0
     coded_bits = 8 * sum(c * h * w for _, (c, h, w) in refs)
     if 8 * sum(len(s) for s in archive.lane_streams) < coded_bits * _MIN_BITS_PER_BIT:
         raise ArchiveError("corrupted: the lane streams are too short for the images the header declares")
-    codec = PlaneCodec(model.nets, model.cfg.pad_multiple, archive.lanes, model.device, threads)
+    shapes = [shape for _, shape in refs]
     try:
-        items = codec.decode([shape for _, shape in refs], archive.lane_streams, progress)
+        codec = _codec(model, archive.mode, archive.lanes, threads)
+    except AribError as exc:
+        raise ArchiveError(f"cannot decode this archive: {exc}") from None
+    try:
+        if isinstance(codec, AribCodec):
+            qps, pads = _side_info(archive, refs)
+            items = codec.decode(shapes, archive.lane_streams, qps, pads, progress)
+        else:
+            items = codec.decode(shapes, archive.lane_streams, progress)
     except (StreamError, NotEnoughBitsError) as exc:
         raise ArchiveError(f"corrupted lane stream: {exc}") from None
     except ValueError as exc:

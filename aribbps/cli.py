@@ -66,6 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--batch", metavar="DIR", help="compress every file directly inside DIR (sorted by name)")
     c.add_argument("-o", "--output", metavar="OUT.arib",
                    help="output file (default: the input name or the --batch folder name + .arib)")
+    c.add_argument("--mode", choices=("context", "single", "dataset"), default=None,
+                   help="coding mode: 'single' (ArIB, each image's latents paid by its own low planes), "
+                        "'dataset' (ArIB, images chained per lane: cheapest for many images), 'context' (models "
+                        "without latent model). Default: single for one image, dataset for several, context "
+                        "when the model has no latent model")
     _add_layout_options(c)
     _add_model_options(c)
 
@@ -112,13 +117,14 @@ def _cmd_compress(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     bar = _progress(None, "compress", args.quiet)
     try:
         result = api.compress(inputs, output, model, args.lanes, args.tile, threads=args.threads,
-                              progress=lambda n: bar.update(n))
+                              progress=lambda n: bar.update(n), mode=args.mode)
     finally:
         bar.close()
     if not args.quiet:
-        print(f"{output}: {len(result.archive.images)} images, {len(result.data)} bytes, actual {result.actual_bpd:.4f} bpd "
-              f"(theoretical {result.theoretical_bpd:.4f}, quantised {result.quantised_bpd:.4f}), "
-              f"{result.seconds:.2f} s")
+        aux = result.auxiliary_bits / result.subpixels
+        print(f"{output}: {len(result.archive.images)} images, mode {result.archive.mode}, {len(result.data)} bytes, "
+              f"actual {result.actual_bpd:.4f} bpd (model {result.net_bits / result.subpixels:.4f}, "
+              f"auxiliary {aux:.4f}), {result.seconds:.2f} s")
     return EXIT_OK
 
 

@@ -81,7 +81,8 @@ class Cifar10Dataset(Dataset[Item]):
             split, CIFAR_TRAIN_BATCHES + CIFAR_TEST_BATCHES
         )
         folder = _cifar_folder(Path(root), batches)
-        arrays, self.names = [], []
+        arrays: list[np.ndarray] = []
+        self.names: list[str] = []
         for batch in batches:
             data = _read_cifar_batch(folder / batch)
             arrays.append(data)

@@ -18,9 +18,10 @@ import torch
 
 from aribbps.bitplanes import step_view
 from aribbps.codec import teacher_forced_logits, theoretical_cost
-from aribbps.api import DEFAULT_LANES, DEFAULT_TILE, CompressResult, decode_archive_images, encode_images
+from aribbps.api import CONTEXT_MODE, DEFAULT_LANES, DEFAULT_TILE, CompressResult, decode_archive_images, encode_images
 from aribbps.container import decode_archive
 from aribbps.errors import AribError
+from aribbps.models.latent import logistic_log2_density
 from aribbps.imageio import MODE_CHANNELS, LoadedImage, split_alpha
 from aribbps.tiling import cut_tiles, pad_to_multiple, tile_grid, valid_mask
 from aribbps.zoo import LoadedModel
@@ -30,12 +31,24 @@ EVAL_MODES = ("inference", "single", "dataset", "speed")
 
 @dataclass
 class EvalReport:
+    """Figures of one eval run; bpd = bits per sub-pixel.
+
+    ``theoretical_bpd`` is the model's cross-entropy with unquantised
+    probabilities (inference: the negative ELBO = plane + latent prior -
+    latent posterior); ``actual_bpd`` counts the bytes of the ``.arib`` data.
+    """
+
     mode: str
+    coding_mode: str
     images: int
     subpixels: int
     theoretical_bpd: float
+    plane_bpd: float | None = None
+    latent_prior_bpd: float | None = None
+    latent_posterior_bpd: float | None = None
     quantised_bpd: float | None = None
     actual_bpd: float | None = None
+    auxiliary_bpd: float | None = None
     encode_seconds: float | None = None
     decode_seconds: float | None = None
     decode_failures: int | None = None
@@ -58,10 +71,27 @@ def _subpixels(images: Sequence[LoadedImage]) -> int:
     return sum(int(np.prod(i.pixels.shape[:2])) * MODE_CHANNELS[i.mode] for i in images)
 
 
+@dataclass
+class ElboBits:
+    """Negative ELBO of a set of images, in bits: planes + prior - posterior."""
+
+    planes: float = 0.0
+    latent_prior: float = 0.0
+    latent_posterior: float = 0.0
+
+    @property
+    def total(self) -> float:
+        return self.planes + self.latent_prior - self.latent_posterior
+
+
 @torch.no_grad()
 def theoretical_bits(images: Sequence[LoadedImage], model: LoadedModel, tile: int = DEFAULT_TILE,
-                     batch: int = 64) -> float:
-    """Cross-entropy of the images under the model (teacher forced, unquantised)."""
+                     batch: int = 64, seed: int = 0) -> ElboBits:
+    """Cross-entropy of the images under the model (teacher forced, unquantised).
+
+    With a latent model the latents are one posterior sample (fixed seed), and
+    the result is the single-sample negative ELBO split into its parts.
+    """
     groups: dict[tuple[int, int], list[tuple[np.ndarray, np.ndarray, bool]]] = {}
     for image in images:
         colour, alpha, _ = split_alpha(image)
@@ -72,21 +102,31 @@ def theoretical_bits(images: Sequence[LoadedImage], model: LoadedModel, tile: in
                 padded = pad_to_multiple(item, model.cfg.pad_multiple)
                 mask = valid_mask(item.shape[1], item.shape[2], padded.shape[1], padded.shape[2])
                 groups.setdefault(padded.shape[1:], []).append((padded, mask, item.shape[0] == 3))
-    total = 0.0
+    bits = ElboBits()
+    generator = torch.Generator(device=model.device).manual_seed(seed)
+    latent_model = model.nets.sig.latent
     for entries in groups.values():
         for start in range(0, len(entries), batch):
             chunk = entries[start:start + batch]
             x = torch.from_numpy(np.stack([np.broadcast_to(p, (3, *p.shape[1:])) for p, _, _ in chunk]))
+            x = x.to(model.device)
             valid = torch.from_numpy(np.stack([m for _, m, _ in chunk]))[:, None].to(model.device)
             rgb = torch.tensor([c for _, _, c in chunk], device=model.device)
-            for _, s, logits, bits in teacher_forced_logits(model.nets, x.to(model.device), valid):
-                total += float(theoretical_cost(logits, step_view(bits, s), step_view(valid, s), rgb).sum())
-    return total
+            features = None
+            if latent_model is not None:
+                out = latent_model.forward_details(x, generator=generator)
+                features = out.features
+                for z, mu_p, mu_q in zip(out.z, out.mu_p, out.mu_q):
+                    bits.latent_prior -= float(logistic_log2_density(z - mu_p).sum())
+                    bits.latent_posterior -= float(logistic_log2_density(z - mu_q).sum())
+            for _, s, logits, plane in teacher_forced_logits(model.nets, x, valid, features):
+                bits.planes += float(theoretical_cost(logits, step_view(plane, s), step_view(valid, s), rgb).sum())
+    return bits
 
 
-def _round_trip(images: Sequence[LoadedImage], model: LoadedModel, lanes: int, tile: int,
-                threads: int) -> tuple[CompressResult, float, int]:
-    result = encode_images(images, model, lanes, tile, threads)
+def _round_trip(images: Sequence[LoadedImage], model: LoadedModel, lanes: int, tile: int, threads: int,
+                mode: str) -> tuple[CompressResult, float, int]:
+    result = encode_images(images, model, lanes, tile, threads, mode=mode)
     start = time.perf_counter()
     failures = 0
     try:
@@ -106,20 +146,29 @@ def evaluate(images: Sequence[LoadedImage], model: LoadedModel, mode: str, lanes
     if not images:
         raise AribError("no images to evaluate")
     subpixels = _subpixels(images)
+    has_latent = model.nets.sig.latent is not None
     if mode == "inference":
-        return EvalReport(mode, len(images), subpixels, theoretical_bits(images, model, tile) / subpixels)
+        elbo = theoretical_bits(images, model, tile)
+        return EvalReport(mode, "none", len(images), subpixels, elbo.total / subpixels, elbo.planes / subpixels,
+                          elbo.latent_prior / subpixels if has_latent else None,
+                          elbo.latent_posterior / subpixels if has_latent else None)
+    coding = ("single" if mode == "single" else "dataset") if has_latent else CONTEXT_MODE
+    results = []
     if mode == "single":
-        nbytes, theo, quant, enc, dec, failures = 0, 0.0, 0.0, 0.0, 0.0, 0
         for image in images:
-            result, seconds, failed = _round_trip([image], model, 1, tile, threads)
-            nbytes += len(result.data)
-            theo += result.theoretical_bits
-            quant += result.quantised_bits
-            enc += result.seconds
-            dec += seconds
-            failures += failed
-        return EvalReport(mode, len(images), subpixels, theo / subpixels, quant / subpixels,
-                          nbytes * 8 / subpixels, enc, dec, failures)
-    result, seconds, failures = _round_trip(images, model, lanes, tile, threads)
-    return EvalReport(mode, len(images), subpixels, result.theoretical_bpd, result.quantised_bpd,
-                      result.actual_bpd, result.seconds, seconds, failures)
+            results.append(_round_trip([image], model, 1, tile, threads, coding))
+    else:
+        results.append(_round_trip(images, model, lanes, tile, threads, coding))
+    plane = sum(r.quantised_bits for r, _, _ in results)
+    return EvalReport(
+        mode, coding, len(images), subpixels,
+        theoretical_bpd=sum(r.theoretical_bits + r.prior_bits - r.posterior_bits for r, _, _ in results) / subpixels,
+        plane_bpd=plane / subpixels,
+        latent_prior_bpd=sum(r.prior_bits for r, _, _ in results) / subpixels if has_latent else None,
+        latent_posterior_bpd=sum(r.posterior_bits for r, _, _ in results) / subpixels if has_latent else None,
+        quantised_bpd=sum(r.net_bits for r, _, _ in results) / subpixels,
+        actual_bpd=sum(len(r.data) for r, _, _ in results) * 8 / subpixels,
+        auxiliary_bpd=sum(r.auxiliary_bits for r, _, _ in results) / subpixels,
+        encode_seconds=sum(r.seconds for r, _, _ in results),
+        decode_seconds=sum(d for _, d, _ in results),
+        decode_failures=sum(f for _, _, f in results))

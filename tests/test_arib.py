@@ -86,3 +86,30 @@ def test_corrupted_stream_fails_loudly() -> None:
         decoded = codec.decode([i.shape for i in items], [bytes(bad), streams[1]], stats.qp.tolist(),
                                stats.padding_words.tolist())
         assert all(np.array_equal(a, b) for a, b in zip(decoded, items))
+
+
+def test_cli_round_trip_in_both_arib_modes(tmp_path) -> None:
+    from PIL import Image
+
+    from aribbps.cli import EXIT_OK, main
+    from aribbps.container import read_archive
+    from tests.conftest import make_model_file
+
+    model = make_model_file(tmp_path / "tiny.safetensors", config="tiny")
+    rng = np.random.default_rng(9)
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(7):
+        h, w = rng.integers(1, 14, 2)
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(src / f"{i}.png")
+    Image.fromarray(rng.integers(0, 256, (5, 9), dtype=np.uint8)).save(src / "grey.png")
+    for mode in ("single", "dataset"):
+        arib = tmp_path / f"{mode}.arib"
+        assert main(["compress", "--batch", str(src), "-o", str(arib), "--mode", mode, "--lanes", "3",
+                     "--model", str(model), "-q"]) == EXIT_OK
+        assert read_archive(arib).mode == mode
+        out = tmp_path / f"out-{mode}"
+        assert main(["decompress", str(arib), "-o", str(out), "--model", str(model), "-q"]) == EXIT_OK
+        for path in src.iterdir():
+            with Image.open(path) as a, Image.open(out / path.name) as b:
+                np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -47,6 +47,16 @@ def _smooth_images(folder: Path, n: int, size: int = 8, seed: int = 0) -> Path:
     return folder
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: the tiny nets gain nothing from more, and OpenMP
+    threads spinning on a shared, busy machine make steps 10-30x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _smooth_images(tmp_path_factory.mktemp("data") / "imgs", 16)

@@ -357,7 +357,7 @@ def _rng_state(device: torch.device) -> dict[str, Any]:
     name, keys, pos, has_gauss, cached = np.random.get_state()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
-        "numpy": (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)),
+        "numpy": (name, torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss), float(cached)),
         "python": random.getstate(),
     }
     if device.type == "cuda":
@@ -643,7 +643,7 @@ class Trainer:
                             self._export(best_path.name)
                 if train_bpsp is not None or valid is not None:
                     log.line(_log_line(self.iteration, opts.num_iters, train_bpsp,
-                                       self.scheduler.get_last_lr()[0], valid, wall()))
+                                       float(self.scheduler.get_last_lr()[0]), valid, wall()))
                 if self.iteration % opts.valid_interval == 0 or last:
                     self._checkpoint(wall())
             final_path = self.save_dir / f"final_{opts.mode}.safetensors"

@@ -1,0 +1,255 @@
+"""CUDA-only checks of the kernels, the CuPy backend and the NVML sampler.
+
+    python -m pytest -q tests/test_gpu.py            # on a machine with an NVIDIA GPU
+
+Without CUDA every GPU test is skipped with the reason; the two tests of
+bench/gpu_profile.py's no-GPU behaviour run everywhere. Do not run this file
+with TRITON_INTERPRET=1 on a GPU machine: the interpreter would replace the
+compiled kernels this file is meant to test (the tests skip in that case).
+
+What only a GPU can show, and is checked here:
+
+* compiled Triton kernels agree with the references on the same device
+  (cuDNN/ATen float32) within the tolerance documented in
+  kernels/entropy_tail.py, and give bitwise identical outputs when run
+  twice, in another batch composition, and with garbage at positions the
+  decoder does not know yet: the properties lossless decoding relies on;
+* TF32 settings do not leak into the kernels (``tl.dot`` runs in IEEE fp32);
+* the CuPy backend equals the NumPy fallback exactly, shares memory with
+  torch through DLPack, and stages results in pinned host memory;
+* the NVML sampler sees the device.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from kernels import HAS_TRITON, interpreter_mode
+from kernels.bitplanes_cupy import cupy_available
+
+ROOT = Path(__file__).resolve().parents[1]
+CUDA = torch.cuda.is_available()
+gpu = pytest.mark.skipif(not CUDA, reason="no CUDA device (torch.cuda.is_available() is False)")
+triton_gpu = pytest.mark.skipif(
+    not (CUDA and HAS_TRITON and not interpreter_mode()),
+    reason="needs a CUDA device, the triton package, and TRITON_INTERPRET unset (compiled kernels)",
+)
+
+
+def _load(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _load_gpu_profile():
+    return _load("gpu_profile", ROOT / "bench" / "gpu_profile.py")
+
+
+def _entropy_tests():
+    """tests/test_entropy_tail.py: its tolerance helpers and model fixtures (one definition)."""
+    return _load("_entropy_tail_tests", ROOT / "tests" / "test_entropy_tail.py")
+
+
+# ---------------------------------------------------------------- runs everywhere
+def test_gpu_profile_runs_the_command_with_or_without_a_gpu():
+    script = ROOT / "bench" / "gpu_profile.py"
+    ok = subprocess.run([sys.executable, str(script), "--", sys.executable, "-c", "print('ran')"],
+                        capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0 and "ran" in ok.stdout
+    assert ("no GPU sampling" in ok.stderr) or ("utilisation" in ok.stderr)
+    failing = subprocess.run([sys.executable, str(script), "--", sys.executable, "-c", "import sys; sys.exit(3)"],
+                             capture_output=True, text=True, timeout=120)
+    assert failing.returncode == 3  # the command's status passes through
+    usage = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert usage.returncode == 2 and "exactly one" in usage.stderr
+
+
+def test_gpu_sampler_without_nvml_is_a_no_op_or_samples(tmp_path):
+    gp = _load_gpu_profile()
+    result, stats = gp.profile_call(sum, [1, 2, 3], interval=0.01)
+    assert result == 6
+    if gp.nvml_status():
+        assert stats is None
+    else:
+        assert stats.samples >= 1 and 0 <= stats.util_mean <= 100 and stats.mem_peak_bytes > 0
+    with pytest.raises(ValueError, match="interval"):
+        gp.GpuSampler(interval=0)
+
+
+# ---------------------------------------------------------------- Triton on CUDA
+def _tail_inputs(seed: int, batch: int = 4, channels: int = 96, size: int = 16):
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn((batch, channels, size, size), generator=g) * 2
+    weight = torch.randn((6, channels, 3, 3), generator=g) * 0.1
+    bias = torch.randn((6,), generator=g)
+    return [t.cuda() for t in (h, weight, bias)]
+
+
+@triton_gpu
+@pytest.mark.parametrize("s", [1, 2, 3, 4])
+def test_lattice_conv_on_cuda(s):
+    from kernels.lattice_conv import lattice_conv, lattice_conv_ref
+
+    g = torch.Generator().manual_seed(s)
+    bits = torch.randint(0, 2, (4, 3, 34, 30), generator=g, dtype=torch.uint8).cuda()
+    valid = (torch.rand((4, 1, 34, 30), generator=g) > 0.1).cuda()
+    weight, bias = torch.randn((128, 3, 3, 3), generator=g).cuda(), torch.randn((128,), generator=g).cuda()
+    out = lattice_conv(bits, weight, bias, s, valid)
+    ref64 = lattice_conv_ref(bits, weight.double(), bias.double(), s, valid)
+    assert (out.double() - ref64).abs().max().item() < 1e-5
+    assert torch.equal(out, lattice_conv(bits, weight, bias, s, valid))  # run to run
+    assert torch.equal(out[1:3], lattice_conv(bits[1:3], weight, bias, s, valid[1:3]))  # batch invariant
+
+
+@triton_gpu
+def test_entropy_kernels_on_cuda_match_and_are_deterministic():
+    from kernels.entropy_tail import entropy_proj, entropy_proj_ref, entropy_tail, entropy_tail_ref
+
+    assert_probs7_match = _entropy_tests().assert_probs7_match  # the documented tolerance
+
+    h, weight, bias = _tail_inputs(0)
+    probs7, logits = entropy_tail(h, weight, bias, return_logits=True)
+    q_ref, l_ref = entropy_tail_ref(h, weight, bias, return_logits=True)
+    _, l64 = entropy_tail_ref(h.double(), weight.double(), bias.double(), return_logits=True)
+    err = (logits.double() - l64).abs().max().item()
+    assert err <= 2 * (l_ref.double() - l64).abs().max().item() + 1e-6 * (1 + l64.abs().max().item())
+    assert_probs7_match(probs7, q_ref, l_ref, (logits - l_ref).abs().max().item())
+    for _ in range(3):
+        assert torch.equal(entropy_tail(h, weight, bias), probs7)
+    assert torch.equal(entropy_tail(h[2:], weight, bias), probs7[2:])
+
+    g = torch.Generator().manual_seed(1)
+    full = torch.randn((4, 160, 32, 32), generator=g).cuda()
+    parts = [full[:, :, 1::2, 0::2], torch.randn((4, 64, 16, 16), generator=g).cuda()]
+    gate = torch.rand((4, 224), generator=g).cuda()
+    w1 = (torch.randn((192, 224, 1, 1), generator=g) * 0.1).cuda()
+    out = entropy_proj(parts, gate, w1, None)
+    ref64 = entropy_proj_ref([p.double() for p in parts], gate.double(), w1.double(), None)
+    ref32 = entropy_proj_ref(parts, gate, w1, None)
+    assert (out.double() - ref64).abs().max() <= 2 * (ref32.double() - ref64).abs().max() + 1e-6
+    assert torch.equal(out, entropy_proj(parts, gate, w1, None))
+
+
+@triton_gpu
+def test_kernels_ignore_tf32_settings():
+    """tl.dot runs in IEEE fp32 whatever torch's TF32 switches say."""
+    from kernels.entropy_tail import entropy_tail
+
+    h, weight, bias = _tail_inputs(2)
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        a = entropy_tail(h, weight, bias, return_logits=True)[1]
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        b = entropy_tail(h, weight, bias, return_logits=True)[1]
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+    assert torch.equal(a, b)
+
+
+@triton_gpu
+@pytest.mark.parametrize("s", [1, 2, 3, 4])
+def test_dispatch_on_cuda(s):
+    from aribbps.bitplanes import plane_bits, steps_before_mask
+    from kernels import dispatch
+
+    et = _entropy_tests()
+    if dispatch.ENV_VAR not in os.environ:
+        assert dispatch.kernel_path("cuda") == "triton"
+    net = et._net(False, True, seed=s).cuda()
+    k = net.planes[0]
+    with torch.no_grad():
+        x, valid, lat, context = et._batch(net, k, seed=s, device="cuda")
+        bits = plane_bits(x, k)
+        known = steps_before_mask(s, *x.shape[-2:], x.device).to(torch.uint8) * valid.to(torch.uint8)
+        q, logits = dispatch.step_probs7(net, k, s, context, bits, valid, lat, path="triton", return_logits=True)
+        q_torch, l_torch = dispatch.step_probs7(net, k, s, context, bits, valid, lat, path="torch",
+                                                return_logits=True)
+        et.assert_probs7_match(q, q_torch, l_torch, (logits - l_torch).abs().max().item())
+        # The decoder's partial plane gives bitwise the same probabilities, run after run.
+        assert torch.equal(q, dispatch.step_probs7(net, k, s, context, bits * known, valid, lat, path="triton"))
+
+
+# ---------------------------------------------------------------- CuPy on CUDA
+cupy_gpu = pytest.mark.skipif(
+    not (CUDA and cupy_available()),
+    reason="needs a CUDA device and a working CuPy (pip install cupy-cuda12x)",
+)
+
+
+@cupy_gpu
+def test_cupy_step_bits_equal_fallbacks_and_are_pinned():
+    from kernels import bitplanes_cupy as bp
+
+    x = torch.randint(0, 256, (3, 3, 34, 18), dtype=torch.uint8)
+    xc = x.cuda()
+    assert bp.backend(xc) == "cupy"
+    for k in (1, 4, 8):
+        for s in range(1, 5):
+            out = bp.step_bits(xc, k, s)
+            np.testing.assert_array_equal(out, bp.step_bits_ref(x, k, s))
+            np.testing.assert_array_equal(out, bp.step_bits(xc, k, s, backend="torch"))
+            assert torch.from_numpy(out).is_pinned()
+    plane = torch.zeros_like(xc)
+    for s in range(1, 5):
+        bp.scatter_step_bits(plane, s, bp.step_bits(xc, 6, s))
+    assert torch.equal(plane.cpu(), (x >> 2) & 1)
+
+
+@cupy_gpu
+def test_cupy_latent_offsets_and_dlpack_zero_copy():
+    import cupy
+
+    from kernels import bitplanes_cupy as bp
+
+    d = torch.cat([(torch.arange(-2600, 2600) + 0.5) / 256, torch.randn(10000) * 5,
+                   torch.tensor([float("inf"), float("-inf"), 3e38, -0.0])])
+    out = bp.quantise_latent_offsets(d.cuda())
+    np.testing.assert_array_equal(out, bp.quantise_latent_offsets_ref(d))
+    np.testing.assert_array_equal(out, bp.quantise_latent_offsets(d.cuda(), backend="torch"))
+    assert torch.from_numpy(out).is_pinned()
+    bad = d.clone().cuda()
+    bad[7] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        bp.quantise_latent_offsets(bad)
+    t = torch.arange(64, dtype=torch.int32, device="cuda")
+    assert cupy.from_dlpack(t).data.ptr == t.data_ptr()  # DLPack: the same memory, no copy
+
+
+@gpu
+def test_to_host_from_cuda_is_pinned():
+    from kernels.bitplanes_cupy import to_host
+
+    t = torch.arange(1000, dtype=torch.uint8, device="cuda").reshape(10, 100)
+    host = to_host(t)
+    np.testing.assert_array_equal(host, t.cpu().numpy())
+    assert torch.from_numpy(host).is_pinned()
+
+
+@gpu
+def test_gpu_sampler_sees_work():
+    gp = _load_gpu_profile()
+    if gp.nvml_status():
+        pytest.skip(f"NVML unavailable: {gp.nvml_status()}")
+
+    def work() -> float:
+        a = torch.randn((4096, 4096), device="cuda")
+        for _ in range(50):
+            a = a @ a
+            a = a / a.norm()
+        torch.cuda.synchronize()
+        return float(a.sum())
+
+    _, stats = gp.profile_call(work, interval=0.02)
+    assert stats is not None and stats.samples >= 2
+    assert stats.mem_peak_bytes >= stats.mem_baseline_bytes
+    assert stats.util_max > 0
