@@ -53,6 +53,15 @@ void check_bits(const uint8_t* bits, const int64_t* offsets, size_t lanes, int64
   }
 }
 
+void check_padding_counts(const int64_t* words, size_t lanes) {
+  for (size_t l = 0; l < lanes; ++l) {
+    if (words[l] < 0 || words[l] > (int64_t{1} << 32)) {
+      throw InvalidArgument("padding word count " + std::to_string(words[l]) + " is out of range (lane " +
+                            std::to_string(l) + ")");
+    }
+  }
+}
+
 void check_qp(uint8_t qp, size_t lane) {
   if (qp < kLatentMinQp || qp > kLatentMaxQp) {
     throw InvalidArgument("latent precision qp=" + std::to_string(qp) + " is outside [3, 16] (lane " +
@@ -245,12 +254,7 @@ void LaneCoder::pop_latent_partial(const int32_t* d_fixed, const uint8_t* qp, co
 
 void LaneCoder::push_padding(const int64_t* words, const uint64_t* seeds) {
   std::lock_guard<std::mutex> lock(mutex_);
-  for (size_t l = 0; l < stacks_.size(); ++l) {
-    if (words[l] < 0 || words[l] > (int64_t{1} << 32)) {
-      throw InvalidArgument("padding word count " + std::to_string(words[l]) + " is out of range (lane " +
-                            std::to_string(l) + ")");
-    }
-  }
+  check_padding_counts(words, stacks_.size());
   for_lanes([&](size_t l, RansStack& s) {
     const std::vector<uint32_t> w = padding_words(seeds[l], words[l]);
     for (size_t i = w.size(); i-- > 0;) {
@@ -262,12 +266,7 @@ void LaneCoder::push_padding(const int64_t* words, const uint64_t* seeds) {
 
 void LaneCoder::pop_padding(const int64_t* words, const uint64_t* seeds, uint8_t* ok) {
   std::lock_guard<std::mutex> lock(mutex_);
-  for (size_t l = 0; l < stacks_.size(); ++l) {
-    if (words[l] < 0 || words[l] > (int64_t{1} << 32)) {
-      throw InvalidArgument("padding word count " + std::to_string(words[l]) + " is out of range (lane " +
-                            std::to_string(l) + ")");
-    }
-  }
+  check_padding_counts(words, stacks_.size());
   for_lanes_atomic([&](size_t l, RansStack& s) {
     const std::vector<uint32_t> w = padding_words(seeds[l], words[l]);
     bool match = true;

@@ -171,40 +171,15 @@ inline uint32_t RansStack::decode_bit(uint64_t& x, size_t& top, uint32_t q) cons
 }
 
 inline void RansStack::push_bit(uint32_t bit, uint32_t q) {
-  // bit 1 owns [256 - q, 256), bit 0 owns [0, 256 - q); branch-free because
-  // the bits are unpredictable by construction.
-  const uint32_t mask = 0u - (bit & 1u);
-  const uint32_t not_q = 256u - q;
-  const uint32_t freq = not_q + ((2u * q - 256u) & mask);
-  const uint32_t start = not_q & mask;
-  uint64_t& x = state_[turn_];
+  uint32_t* words = words_.data();
+  encode_bit(state_[turn_], words, top_, words_, bit, q);
   turn_ ^= 1u;
-  if (top_ == words_.size()) grow();
-  const bool spill = x >= (static_cast<uint64_t>(freq) << 56);
-  words_[top_] = static_cast<uint32_t>(x);
-  top_ += spill;
-  x = spill ? (x >> 32) : x;
-  const uint64_t quotient = detail::div_by_byte(x, detail::kByteReciprocals[freq]);
-  x = x + quotient * (256u - freq) + start;
 }
 
 inline uint32_t RansStack::pop_bit(uint32_t q) {
+  // decode_bit changes nothing when it throws, so the stack stays as it was.
+  const uint32_t bit = decode_bit(state_[turn_ ^ 1u], top_, q);
   turn_ ^= 1u;
-  uint64_t& x = state_[turn_];
-  const uint32_t slot = static_cast<uint32_t>(x & 255u);
-  const uint32_t bit = slot >= 256u - q;
-  const uint32_t freq = bit ? q : 256u - q;
-  const uint32_t start = bit ? 256u - q : 0u;
-  const uint64_t next = freq * (x >> 8) + slot - start;
-  if (next < kLower) {
-    if (top_ == 0) {
-      turn_ ^= 1u;  // leave the stack as it was
-      throw NotEnoughBits("not enough initial bits: a pop needs a word from an empty stack");
-    }
-    x = (next << 32) | words_[--top_];
-  } else {
-    x = next;
-  }
   return bit;
 }
 
