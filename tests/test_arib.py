@@ -113,3 +113,15 @@ def test_cli_round_trip_in_both_arib_modes(tmp_path) -> None:
         for path in src.iterdir():
             with Image.open(path) as a, Image.open(out / path.name) as b:
                 np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("mode,lanes", [("dataset", 1), ("dataset", 16), ("single", 7)])
+def test_two_hundred_mixed_images(mode: str, lanes: int) -> None:
+    """Mixed sizes (1x1 up to 24x24, greyscale among them), so several rounds need padding."""
+    nets, multiple = arib_nets(4)
+    rng = np.random.default_rng(lanes)
+    items = _items(rng, 200 if lanes > 1 else 60)
+    codec = AribCodec(nets, multiple, lanes, mode, threads=2)
+    streams, stats = codec.encode(items)
+    decoded = codec.decode([i.shape for i in items], streams, stats.qp.tolist(), stats.padding_words.tolist())
+    assert all(np.array_equal(a, b) for a, b in zip(decoded, items))
