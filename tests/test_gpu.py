@@ -25,7 +25,9 @@ import importlib.util
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -36,16 +38,40 @@ from kernels.bitplanes_cupy import cupy_available
 
 ROOT = Path(__file__).resolve().parents[1]
 CUDA = torch.cuda.is_available()
-gpu = pytest.mark.skipif(not CUDA, reason="no CUDA device (torch.cuda.is_available() is False)")
-triton_gpu = pytest.mark.skipif(
-    not (CUDA and HAS_TRITON and not interpreter_mode()),
-    reason="needs a CUDA device, the triton package, and TRITON_INTERPRET unset (compiled kernels)",
-)
+
+
+def _gpu_only(ok: bool, reason: str):
+    """Marks a test `gpu` (deselect with -m 'not gpu') and skips it with ``reason`` unless ``ok``."""
+    def mark(fn):
+        return pytest.mark.gpu(pytest.mark.skipif(not ok, reason=reason)(fn))
+    return mark
+
+
+gpu = _gpu_only(CUDA, "no CUDA device (torch.cuda.is_available() is False)")
+triton_gpu = _gpu_only(CUDA and HAS_TRITON and not interpreter_mode(),
+                       "needs a CUDA device, the triton package, and TRITON_INTERPRET unset (compiled kernels)")
+cupy_gpu = _gpu_only(CUDA and cupy_available(), "needs a CUDA device and a working CuPy (pip install cupy-cuda12x)")
+
+
+@pytest.fixture(autouse=True)
+def _no_tf32():
+    """cuDNN convolutions default to TF32 on Ampere+: turn it off so the float32 references are float32."""
+    if not CUDA:
+        yield
+        return
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
 
 
 def _load(name: str, path: Path):
+    """Imports a file that is not in a package (registered, so its dataclasses work)."""
+    if name in sys.modules:
+        return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
 
@@ -85,6 +111,57 @@ def test_gpu_sampler_without_nvml_is_a_no_op_or_samples(tmp_path):
         gp.GpuSampler(interval=0)
 
 
+class _FakeNvml:
+    """Stands in for pynvml: utilisation 0, 10, 20, ... and memory growing by 1 MiB per sample."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.shutdowns = 0
+
+    def nvmlInit(self) -> None:
+        pass
+
+    def nvmlShutdown(self) -> None:
+        self.shutdowns += 1
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> int:
+        if index != 0:
+            raise RuntimeError("no such device")
+        return index
+
+    def nvmlDeviceGetUtilizationRates(self, handle: int):
+        self.calls += 1
+        return SimpleNamespace(gpu=min(10 * (self.calls - 1), 100))
+
+    def nvmlDeviceGetMemoryInfo(self, handle: int):
+        return SimpleNamespace(used=(1000 + self.calls) << 20, total=80 << 30)
+
+    def nvmlDeviceGetName(self, handle: int) -> bytes:
+        return b"Fake GPU"
+
+
+def test_gpu_sampler_logic_with_a_fake_nvml(monkeypatch):
+    """The sampling thread, the statistics and the report, without a GPU."""
+    gp = _load_gpu_profile()
+    fake = _FakeNvml()
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    assert gp.nvml_status() == ""
+    sampler = gp.GpuSampler(index=0, interval=0.005)
+    assert sampler.available
+    with sampler:
+        time.sleep(0.1)
+    stats = sampler.stats
+    assert stats.samples == fake.calls and stats.samples >= 3
+    trace = np.asarray(stats.util_trace, dtype=float)
+    assert stats.util_mean == pytest.approx(trace.mean()) and stats.util_p95 == pytest.approx(np.percentile(trace, 95))
+    assert stats.mem_peak_bytes == (1000 + fake.calls) << 20 and stats.mem_total_bytes == 80 << 30
+    assert stats.device == "Fake GPU" and "p95" in stats.format() and "MiB" in stats.format()
+    assert fake.shutdowns >= 1
+    missing = gp.GpuSampler(index=3)
+    assert not missing.available and "no NVML device 3" in missing.reason
+    assert missing.start().stop() is None
+
+
 # ---------------------------------------------------------------- Triton on CUDA
 def _tail_inputs(seed: int, batch: int = 4, channels: int = 96, size: int = 16):
     g = torch.Generator().manual_seed(seed)
@@ -104,8 +181,9 @@ def test_lattice_conv_on_cuda(s):
     valid = (torch.rand((4, 1, 34, 30), generator=g) > 0.1).cuda()
     weight, bias = torch.randn((128, 3, 3, 3), generator=g).cuda(), torch.randn((128,), generator=g).cuda()
     out = lattice_conv(bits, weight, bias, s, valid)
+    ref32 = lattice_conv_ref(bits, weight, bias, s, valid)
     ref64 = lattice_conv_ref(bits, weight.double(), bias.double(), s, valid)
-    assert (out.double() - ref64).abs().max().item() < 1e-5
+    assert (out.double() - ref64).abs().max() <= 2 * (ref32.double() - ref64).abs().max() + 1e-6
     assert torch.equal(out, lattice_conv(bits, weight, bias, s, valid))  # run to run
     assert torch.equal(out[1:3], lattice_conv(bits[1:3], weight, bias, s, valid[1:3]))  # batch invariant
 
@@ -180,10 +258,6 @@ def test_dispatch_on_cuda(s):
 
 
 # ---------------------------------------------------------------- CuPy on CUDA
-cupy_gpu = pytest.mark.skipif(
-    not (CUDA and cupy_available()),
-    reason="needs a CUDA device and a working CuPy (pip install cupy-cuda12x)",
-)
 
 
 @cupy_gpu
@@ -243,7 +317,7 @@ def test_gpu_sampler_sees_work():
 
     def work() -> float:
         a = torch.randn((4096, 4096), device="cuda")
-        for _ in range(50):
+        for _ in range(200):
             a = a @ a
             a = a / a.norm()
         torch.cuda.synchronize()

@@ -17,7 +17,7 @@ from aribbps.config import get_config
 from aribbps.models import build_nets
 from aribbps.train import (
     InsObjective,
-    LatentModelUnavailable,
+    ModeUnavailable,
     SigObjective,
     TrainOptions,
     build_objective,
@@ -27,7 +27,7 @@ from aribbps.train import (
 )
 from aribbps.train.__main__ import build_parser, main, resolve_options
 from aribbps.train.objectives import keep_logits_float32
-from aribbps.weights import load_model, state_tensors
+from aribbps.weights import load_model, save_model, state_tensors
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = get_config("tiny-context")
@@ -103,8 +103,8 @@ def test_help_exits_zero(capsys: pytest.CaptureFixture[str]) -> None:
         (["--config", "tiny-context", "--batch_size", "0"], "--batch_size must be >= 1"),
         (["--config", "tiny-context", "--amp", "--device", "cpu"], "--amp needs a CUDA device"),
         (["--config", "tiny-context", "--qp_path", "qp.txt"], "only used by --mode finetune"),
-        (["--config", "tiny"], "needs the latent model"),
-        (["--config", "tiny-context", "--mode", "finetune"], "--mode finetune is not available"),
+        (["--config", "tiny", "--mode", "finetune"], "needs per-image qp lists from 'generate-finetune'"),
+        (["--config", "tiny-context", "--mode", "finetune"], "no latent model to fine-tune"),
         (["--config", "no-such-config"], "unknown config 'no-such-config'"),
     ],
 )
@@ -160,11 +160,25 @@ def test_objectives_train_one_net_and_freeze_the_other() -> None:
     assert bpsp.requires_grad and abs(bpsp.item() - 4.0) < 1e-5  # untrained heads: 1 bit per bit
     assert set(metrics) == {"bpsp", "bpsp_p5", "bpsp_p6", "bpsp_p7", "bpsp_p8"}
     assert isinstance(build_objective("sig", TINY, *build_nets(TINY)), SigObjective)
-    latent_cfg = get_config("tiny")
-    with pytest.raises(LatentModelUnavailable, match="latent model"):
-        build_objective("sig", latent_cfg, *build_nets(latent_cfg))
-    with pytest.raises(LatentModelUnavailable, match="finetune"):
+    with pytest.raises(ModeUnavailable, match="finetune"):
         build_objective("finetune", TINY, *build_nets(TINY))
+
+
+def test_sig_objective_with_latent_model_adds_latent_bits() -> None:
+    cfg = get_config("tiny")
+    torch.manual_seed(0)
+    sig, ins = build_nets(cfg, dropout=0.1)
+    obj = build_objective("sig", cfg, sig, ins)
+    assert "latent" in dict(obj.trained()["sig"].named_children())
+    x = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    bpsp, metrics = obj.loss(x)
+    assert set(metrics) == {"bpsp", "bpsp_p1", "bpsp_p2", "bpsp_p3", "bpsp_p4", "bpsp_latent"}
+    planes = sum(metrics[f"bpsp_p{k}"] for k in range(1, 5))
+    assert torch.allclose(bpsp.detach(), planes + metrics["bpsp_latent"])
+    bpsp.backward()
+    assert all(p.grad is not None for p in sig.parameters())  # every latent weight is used (DDP)
+    with pytest.raises(ModeUnavailable, match="generate-finetune"):
+        build_objective("finetune", cfg, *build_nets(cfg))
 
 
 def test_mixed_precision_keeps_probability_maths_float32() -> None:
@@ -196,10 +210,13 @@ def _checkpoint_state(save: Path) -> dict[str, torch.Tensor]:
     return flat
 
 
-def test_resume_continues_bit_exactly(images: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("config", ["tiny-context", "tiny"])
+def test_resume_continues_bit_exactly(config: str, images: Path, tmp_path: Path) -> None:
     # 7 training images, batch 2: 3 batches per epoch, so 4 + 4 steps cross epochs
-    # on both sides of the resume; dropout, random crops and flips all draw randomness.
-    kw = dict(random_crop=6, hflip=True, valid_num=9, valid_interval=3, decay_interval=3, decay_rate=0.5)
+    # on both sides of the resume; dropout, random crops, flips and (tiny) the
+    # latent samples all draw randomness.
+    kw = dict(random_crop=4 if config == "tiny" else 6, hflip=True, valid_num=9, valid_interval=3,
+              decay_interval=3, decay_rate=0.5, config=config)
     full = tmp_path / "full"
     train(_opts(images, full, num_iters=8, **kw))
     part = tmp_path / "part"
@@ -207,7 +224,7 @@ def test_resume_continues_bit_exactly(images: Path, tmp_path: Path) -> None:
     assert first.iterations == 4
     ckpt = load_checkpoint(part / "checkpoint.pt")
     assert ckpt["iteration"] == 4 and (ckpt["epoch"], ckpt["batch_in_epoch"]) == (1, 1)
-    assert {"torch", "numpy", "python"} <= set(ckpt["rng"][0]) and ckpt["config"] == TINY.to_dict()
+    assert {"torch", "numpy", "python"} <= set(ckpt["rng"][0]) and ckpt["config"] == get_config(config).to_dict()
     assert ckpt["args"]["num_iters"] == 4
     result = train(_opts(images, part, num_iters=8, resume=str(part), **kw))
     assert result.iterations == 8
@@ -223,8 +240,11 @@ def test_resume_continues_bit_exactly(images: Path, tmp_path: Path) -> None:
 
 # --- DDP ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("launcher", ["torchrun", "num_gpus"])
-def test_two_process_ddp_on_cpu(launcher: str, images: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "launcher, mode, config",
+    [("torchrun", "ins", "tiny-context"), ("num_gpus", "sig", "tiny")],  # tiny: SIG + latent model
+)
+def test_two_process_ddp_on_cpu(launcher: str, mode: str, config: str, images: Path, tmp_path: Path) -> None:
     save, debug = tmp_path / "ddp", tmp_path / "debug"
     if launcher == "torchrun":
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
@@ -233,7 +253,7 @@ def test_two_process_ddp_on_cpu(launcher: str, images: Path, tmp_path: Path) -> 
         port = 20000 + os.getpid() % 20000
         cmd = [sys.executable, "-m", "aribbps.train", "--num_gpus", "2", "--master_port", str(port)]
     cmd += [
-        "--mode", "ins", "--config", "tiny-context", "--data_dir", str(images),
+        "--mode", mode, "--config", config, "--data_dir", str(images),
         "--save_dir", str(save), "--valid_num", "3", "--batch_size", "2", "--num_iters", "4",
         "--log_interval", "2", "--valid_interval", "2", "--lr", "3e-3", "--dropout", "0.2",
         "--device", "cpu", "--debug-dir", str(debug),
@@ -245,10 +265,10 @@ def test_two_process_ddp_on_cpu(launcher: str, images: Path, tmp_path: Path) -> 
     ranks = [json.loads((debug / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["hash"] == ranks[1]["hash"]  # DDP kept the replicas identical
     assert ranks[1]["written"] == []  # only rank 0 writes
-    assert "checkpoint.pt" in ranks[0]["written"] and "final_ins.safetensors" in ranks[0]["written"]
+    assert "checkpoint.pt" in ranks[0]["written"] and f"final_{mode}.safetensors" in ranks[0]["written"]
     ckpt = load_checkpoint(save)
     assert ckpt["world_size"] == 2 and len(ckpt["rng"]) == 2 and ckpt["iteration"] == 4
-    assert load_model(save / "final_ins.safetensors")[3] == ranks[0]["hash"]
+    assert load_model(save / f"final_{mode}.safetensors")[3] == ranks[0]["hash"]
     log = (save / "train.log").read_text()
     assert log.count("# aribbps.train") == 1 and "processes=2" in log and "batch=2x2" in log
 
@@ -311,8 +331,7 @@ def test_short_training_learns_and_exports(
     assert got.keys() == want_sig.keys() and all(torch.equal(got[k], want_sig[k]) for k in got)
 
     other = tmp_path / "other.safetensors"
-    from conftest import make_model_file
-    make_model_file(other, config="tiny")
+    save_model(other, get_config("tiny"), *build_nets(get_config("tiny")))
     code, err = _exit_code(["combine", "--sig", str(other), "--ins", str(combined), "-o", str(tmp_path / "x")],
                            capsys)
     assert code == 2 and "differ" in err and len(err.strip().splitlines()) == 1

@@ -12,7 +12,7 @@ Modules: :mod:`~aribbps.train.trainer` (loop, checkpoints, resume, DDP),
 """
 from aribbps.train.objectives import (
     InsObjective,
-    LatentModelUnavailable,
+    ModeUnavailable,
     Objective,
     SigObjective,
     build_objective,
@@ -30,7 +30,7 @@ from aribbps.train.trainer import (
 
 __all__ = [
     "InsObjective",
-    "LatentModelUnavailable",
+    "ModeUnavailable",
     "Objective",
     "PRESETS",
     "Preset",

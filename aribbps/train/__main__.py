@@ -74,8 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g = p.add_argument_group("what to train")
     _flag(g, "mode", required=True, choices=MODES,
-          help="sig: the significant planes' net; ins: the insignificant planes' net; finetune: SIG "
-               "with discretised latents (needs the latent model: not available yet)")
+          help="sig: the significant planes' net (with its latent model if the config has one); ins: the "
+               "insignificant planes' net; finetune: SIG with discretised latents (not available yet: "
+               "needs the qp lists of generate-finetune)")
     _flag(g, "config", metavar="NAME_OR_JSON",
           help="model config: a name (tiny-context, small-context, cifar10, imagenet32, ...) or a JSON file "
                "(default: the preset's, or the one in --init / --resume)")

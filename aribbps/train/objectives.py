@@ -2,13 +2,18 @@
 
 An :class:`Objective` owns the networks of a model, says which of them it
 trains, and turns a batch of uint8 images into a loss in bits per sub-pixel
-(DESIGN.md 1.7). The trainer knows nothing else about the model, so the
-latent model's objectives (``sig`` with ``use_latent=True``, ``finetune``)
-plug in here once the latent model exists:
+(DESIGN.md 1.7). The trainer knows nothing else about the model, so new
+objectives (``finetune``) plug in here:
 
 * :class:`InsObjective`: the INS net on planes ``sig_num+1..8``;
-* :class:`SigObjective`: the SIG net on planes ``1..sig_num`` of a
-  context-only config (``use_latent=False``: no latent features).
+* :class:`SigObjective`: the SIG net on planes ``1..sig_num``; with a
+  latent config (``use_latent=True``) also its ladder VAE (``sig.latent``):
+  plane bits given a reparameterised latent sample, plus the latent cost
+  ``Σ −log2 p(z) + log2 q(z|x)`` (the negative ELBO).
+
+``finetune`` (SIG with straight-through discretised latents at each image's
+``qp``) needs the per-image qp lists of ``generate-finetune``, which does
+not exist yet; :func:`build_objective` refuses it with that reason.
 """
 from __future__ import annotations
 
@@ -22,8 +27,8 @@ from aribbps.errors import AribError
 from aribbps.models import BitPlaneNet, EntropyHead
 
 
-class LatentModelUnavailable(AribError, ValueError):
-    """The objective needs the latent model, which is not implemented yet."""
+class ModeUnavailable(AribError, ValueError):
+    """A training mode that cannot run (yet) with this config."""
 
 
 class Objective(ABC):
@@ -71,19 +76,27 @@ class Objective(ABC):
         Returns:
             ``(bpsp, metrics)``: the mean bits per sub-pixel of the batch
             (a differentiable scalar) and detached scalar metrics (always
-            ``bpsp``, plus per-plane ``bpsp_p<k>``), which the trainer
-            averages over steps and processes.
+            ``bpsp``, plus per-plane ``bpsp_p<k>`` and, with a latent model,
+            ``bpsp_latent``), which the trainer averages over steps and
+            processes.
         """
 
 
-def _plane_loss(net: BitPlaneNet, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-    """Teacher-forced bits of ``net``'s planes, per sub-pixel of ``x``."""
-    costs = net.plane_costs(x).float()  # (B, P)
+def _plane_loss(
+    net: BitPlaneNet, x: Tensor, latent: Tensor | None = None, latent_bits: Tensor | None = None
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Teacher-forced bits of ``net``'s planes (+ latent bits), per sub-pixel of ``x``."""
+    costs = net.plane_costs(x, latent=latent).float()  # (B, P)
     per_plane = costs.sum(dim=0) / x.numel()
     bpsp = per_plane.sum()
-    metrics = {"bpsp": bpsp.detach()}
+    metrics = {}
     for k, value in zip(net.planes, per_plane.detach().unbind()):
         metrics[f"bpsp_p{k}"] = value
+    if latent_bits is not None:
+        latent_bpsp = latent_bits.float().sum() / x.numel()
+        bpsp = bpsp + latent_bpsp
+        metrics["bpsp_latent"] = latent_bpsp.detach()
+    metrics["bpsp"] = bpsp.detach()
     return bpsp, metrics
 
 
@@ -100,19 +113,23 @@ class InsObjective(Objective):
 
 
 class SigObjective(Objective):
-    """``--mode sig`` for a context-only config: the SIG net without latent."""
+    """``--mode sig``: the SIG net (and its latent model, if the config has one); INS is frozen."""
 
     mode = "sig"
 
     def __init__(self, cfg: ModelConfig, sig: BitPlaneNet, ins: BitPlaneNet) -> None:
-        check_mode_available(self.mode, cfg)
+        if cfg.use_latent and sig.latent is None:
+            raise ValueError(f"config {cfg.name!r} has use_latent=true but the SIG net has no latent model")
         super().__init__(cfg, sig, ins)
 
     def trained(self) -> dict[str, nn.Module]:
-        return {"sig": self.sig}
+        return {"sig": self.sig}  # sig.latent is a submodule: trained and saved with it
 
     def loss(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        return _plane_loss(self.sig, x)
+        if self.sig.latent is None:
+            return _plane_loss(self.sig, x)
+        features, latent_bits = self.sig.latent(x)  # it zeroes the insignificant bits itself
+        return _plane_loss(self.sig, x, features, latent_bits)
 
 
 #: Objectives by mode. ``finetune`` has none yet (see :func:`build_objective`).
@@ -120,11 +137,10 @@ OBJECTIVES: dict[str, type[Objective]] = {"sig": SigObjective, "ins": InsObjecti
 
 
 def build_objective(mode: str, cfg: ModelConfig, sig: BitPlaneNet, ins: BitPlaneNet) -> Objective:
-    """The objective of ``mode`` over ``sig`` and ``ins``.
+    """The objective of ``mode`` over ``sig`` and ``ins`` (from :func:`build_nets`).
 
     Raises:
-        LatentModelUnavailable: ``finetune`` (any config), or ``sig`` with a
-            latent config.
+        ModeUnavailable: ``finetune`` (see the module docstring).
         ValueError: an unknown mode.
     """
     check_mode_available(mode, cfg)
@@ -134,22 +150,14 @@ def build_objective(mode: str, cfg: ModelConfig, sig: BitPlaneNet, ins: BitPlane
 
 
 def check_mode_available(mode: str, cfg: ModelConfig) -> None:
-    """Fail early (before data is read) for a mode that needs the latent model."""
+    """Fail early (before data is read) for a mode that cannot be trained yet."""
     if mode == "finetune":
         what = (
             f"config {cfg.name!r} has no latent model to fine-tune (use_latent=false)"
-            if not cfg.use_latent else "it needs the latent model (ladder VAE)"
+            if not cfg.use_latent else
+            "it needs per-image qp lists from 'generate-finetune', which aribbps does not implement yet"
         )
-        raise LatentModelUnavailable(
-            f"--mode finetune is not available: {what}, and aribbps does not implement the "
-            "latent model yet"
-        )
-    if mode == "sig" and cfg.use_latent:
-        raise LatentModelUnavailable(
-            f"--mode sig with config {cfg.name!r} (use_latent=true) needs the latent model "
-            "(ladder VAE), which aribbps does not implement yet; train a context-only "
-            "config (use_latent=false, e.g. tiny-context or small-context), or --mode ins"
-        )
+        raise ModeUnavailable(f"--mode finetune is not available: {what}")
 
 
 def keep_logits_float32(net: nn.Module) -> list[torch.utils.hooks.RemovableHandle]:

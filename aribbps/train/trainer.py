@@ -569,16 +569,25 @@ class Trainer:
     # -- validation --
     @torch.no_grad()
     def validate(self) -> float:
-        """Bits per sub-pixel of the validation set (all ranks; eval mode)."""
+        """Bits per sub-pixel of the validation set (all ranks; eval mode).
+
+        Runs on a forked RNG seeded the same way every time: a latent model
+        samples its latents even in eval mode, so validation neither
+        disturbs the training's random stream (exact resume) nor varies
+        from one validation to the next for the same weights.
+        """
         self.module.eval()
         totals = torch.zeros(2, dtype=torch.float64, device=self.device)  # bits, sub-pixels
-        for images, _names in self.data.valid_loader:
-            for x in _same_shape_groups(images, self.opts.batch_size):
-                x = x.to(self.device)
-                with self._autocast():
-                    bpsp, _ = self.objective.loss(x)
-                totals[0] += bpsp.double() * x.numel()
-                totals[1] += x.numel()
+        cuda = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            torch.manual_seed(self.opts.seed + self.info.rank)
+            for images, _names in self.data.valid_loader:
+                for x in _same_shape_groups(images, self.opts.batch_size):
+                    x = x.to(self.device)
+                    with self._autocast():
+                        bpsp, _ = self.objective.loss(x)
+                    totals[0] += bpsp.double() * x.numel()
+                    totals[1] += x.numel()
         self.module.train()
         bits, subpixels = _all_reduce_sum(totals, self.info).tolist()
         return bits / subpixels
