@@ -31,6 +31,7 @@ from aribbps.imageio import (MODE_CHANNELS, LoadedImage, join_alpha, load_image,
                              save_image, split_alpha)
 from aribbps.tiling import Tile, assemble, cut_tiles, tile_grid
 from aribbps.zoo import LoadedModel, load, resolve_device
+from kernels import dispatch
 
 DEFAULT_LANES = 8
 DEFAULT_TILE = 256
@@ -160,10 +161,11 @@ def encode_images(images: Sequence[LoadedImage], model: LoadedModel, lanes: int 
     _check_item_sizes(refs, AribError, "use --tile to cut it into tiles")
     items = [cut_tiles(parts_of[ref.image][ref.part], [ref.tile])[0] for ref, _ in refs]
     mode = mode or default_mode(model, len(images))
-    streams, stats = _codec(model, mode, lanes, threads).encode(items, progress)
+    codec = _codec(model, mode, lanes, threads)
+    streams, stats = codec.encode(items, progress)
     if isinstance(stats, AribStats):
         _record_side_info(records, refs, stats)
-    archive = Archive(model.name, model.weights_hash, mode, lanes, tile, model.device.type, "torch",
+    archive = Archive(model.name, model.weights_hash, mode, lanes, tile, model.device.type, codec.kernel_path,
                       records, streams)
     data = encode_archive(archive)
     result = CompressResult(archive, data, _subpixels(records), float(stats.theoretical_bits.sum()),
@@ -176,16 +178,16 @@ def encode_images(images: Sequence[LoadedImage], model: LoadedModel, lanes: int 
     return result
 
 
-def _codec(model: LoadedModel, mode: str, lanes: int, threads: int) -> PlaneCodec:
+def _codec(model: LoadedModel, mode: str, lanes: int, threads: int, kernel_path: str | None = None) -> PlaneCodec:
     if mode not in CODING_MODES:
         raise AribError(f"unknown coding mode {mode!r}; choose one of {', '.join(CODING_MODES)}")
     if mode == CONTEXT_MODE:
         if model.nets.sig.latent is not None:
             raise AribError(f"model {model.name!r} has a latent model: use mode 'single' or 'dataset'")
-        return PlaneCodec(model.nets, model.cfg.pad_multiple, lanes, model.device, threads)
+        return PlaneCodec(model.nets, model.cfg.pad_multiple, lanes, model.device, threads, kernel_path)
     if model.nets.sig.latent is None:
         raise AribError(f"model {model.name!r} has no latent model: only mode 'context' is available")
-    return AribCodec(model.nets, model.cfg.pad_multiple, lanes, mode, model.device, threads)
+    return AribCodec(model.nets, model.cfg.pad_multiple, lanes, mode, model.device, threads, kernel_path)
 
 
 def _record_side_info(records: Sequence[ImageRecord], refs: Sequence[tuple[_ItemRef, tuple[int, int, int]]],
@@ -287,7 +289,11 @@ def decode_archive_images(archive: Archive, model: LoadedModel, threads: int = 0
         raise ArchiveError("corrupted: the lane streams are too short for the images the header declares")
     shapes = [shape for _, shape in refs]
     try:
-        codec = _codec(model, archive.mode, archive.lanes, threads)
+        path = dispatch.check_kernel_path(archive.kernel_path, model.device)
+    except dispatch.KernelPathError as exc:
+        raise ArchiveError(str(exc)) from None
+    try:
+        codec = _codec(model, archive.mode, archive.lanes, threads, path)
     except AribError as exc:
         raise ArchiveError(f"cannot decode this archive: {exc}") from None
     try:

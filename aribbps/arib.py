@@ -41,8 +41,9 @@ from torch import Tensor
 
 from aribbps.codec import CodingStats, ItemShape, PlaneCodec, PlaneNets, _check_item, _replicate_pad, _Round, plan_rounds
 from aribbps.coder import LATENT_PRECISION_BITS, LaneCoder, latent_freqs
-from aribbps.latent_math import bin_values, quantise_offset
+from aribbps.latent_math import bin_values
 from aribbps.models.latent import LatentModel
+from kernels import dispatch
 
 ARIB_MODES = ("single", "dataset")
 QP_MIN, QP_MAX = 3, 10
@@ -87,8 +88,8 @@ class AribCodec(PlaneCodec):
     """
 
     def __init__(self, nets: PlaneNets, multiple: int, lanes: int, mode: str,
-                 device: torch.device | str = "cpu", threads: int = 0) -> None:
-        super().__init__(nets, multiple, lanes, device, threads)
+                 device: torch.device | str = "cpu", threads: int = 0, kernel_path: str | None = None) -> None:
+        super().__init__(nets, multiple, lanes, device, threads, kernel_path)
         if mode not in ARIB_MODES:
             raise ValueError(f"unknown ArIB mode {mode!r}; choose one of {', '.join(ARIB_MODES)}")
         if nets.sig.latent is None:
@@ -169,7 +170,7 @@ class AribCodec(PlaneCodec):
 
         def sample(layer: int, mu_p: Tensor, mu_q: Tensor | None) -> Tensor:
             assert mu_q is not None
-            d = quantise_offset(mu_q - mu_p).cpu().numpy()
+            d = dispatch.quantise_latent_offsets(mu_q - mu_p)
             got, lane_ok = coder.pop_latent_partial(self._per_lane(d.reshape(n, -1), np.int32), qp_lanes)
             ok[:] &= lane_ok[:n]
             b = np.stack(got[:n]).reshape(d.shape).astype(np.uint32)
@@ -233,7 +234,7 @@ class AribCodec(PlaneCodec):
 
         def known_sample(layer: int, mu_p: Tensor, mu_q: Tensor | None) -> Tensor:
             assert mu_q is not None
-            offsets[layer] = quantise_offset(mu_q - mu_p).cpu().numpy()
+            offsets[layer] = dispatch.quantise_latent_offsets(mu_q - mu_p)
             return bin_values(torch.from_numpy(bins[layer].astype(np.int64)).to(self.device), mu_p, qp_t)
 
         bottom_up = self.latent.bottom_up(_replicate_pad(x.clone(), rnd.shapes))

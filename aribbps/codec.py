@@ -32,7 +32,8 @@ from torch import Tensor
 from aribbps.bitplanes import NUM_STEPS, known_before, plane_bits, step_positions, step_view, steps_before_mask
 from aribbps.coder import LaneCoder
 from aribbps.models.bitplane_net import BitPlaneNet
-from aribbps.probability import P_MAX, P_MIN, coupled_probs, quantise_probs7
+from aribbps.probability import P_MAX, P_MIN, coupled_probs
+from kernels import dispatch
 
 ItemShape = tuple[int, int, int]
 
@@ -143,7 +144,7 @@ class PlaneCodec:
     """
 
     def __init__(self, nets: PlaneNets, multiple: int, lanes: int, device: torch.device | str = "cpu",
-                 threads: int = 0) -> None:
+                 threads: int = 0, kernel_path: str | None = None) -> None:
         if lanes < 1:
             raise ValueError(f"lanes must be >= 1, got {lanes}")
         self.nets = nets
@@ -151,6 +152,9 @@ class PlaneCodec:
         self.lanes = lanes
         self.device = torch.device(device)
         self.threads = threads
+        #: "torch" or "triton": which kernels compute the coder's probabilities.
+        #: Encoder and decoder must use the same (the container records it).
+        self.kernel_path = kernel_path or dispatch.kernel_path(self.device)
 
     # ------------------------------------------------------------------ encode
     @torch.no_grad()
@@ -178,8 +182,9 @@ class PlaneCodec:
         """Teacher-forced coder input of ``planes`` (decoding order); adds theoretical costs to ``stats``."""
         rgb = torch.from_numpy(rnd.rgb_lanes()).to(self.device)
         codes = []
-        for k, s, logits, bits in teacher_forced_logits(self.nets, x, rnd.valid, latent, planes):
-            probs7 = quantise_probs7(logits).cpu().numpy()  # the one D2H copy of this step
+        for k, s, probs7, logits, bits in teacher_forced_steps(self.nets, x, rnd.valid, latent, planes,
+                                                               self.kernel_path):
+            probs7 = dispatch.to_host(probs7)  # the one device-to-host copy of this step
             cost = theoretical_cost(logits, step_view(bits, s), step_view(rnd.valid, s), rgb)
             stats.theoretical_bits[rnd.items] += cost.double().cpu().numpy()
             codes.append(StepCodes(s, probs7, step_view(bits, s).cpu().numpy()))
@@ -269,8 +274,8 @@ class PlaneCodec:
             bits = torch.zeros_like(x)
             lat = latent if net.cfg.latent_channels > 0 else None
             for s in range(1, NUM_STEPS + 1):
-                logits = net.step_logits(k, s, context, bits, valid, lat)
-                probs7 = quantise_probs7(logits).cpu().numpy()
+                probs7 = dispatch.to_host(dispatch.step_probs7(net, k, s, context, bits, valid, lat,
+                                                               path=self.kernel_path))
                 step_bits = self._pop(coder, rnd, s, probs7, rgb)
                 pr, pc = step_positions(s)
                 bits[:, :, pr::2, pc::2] = torch.from_numpy(step_bits).to(self.device)
@@ -297,14 +302,16 @@ class PlaneCodec:
         return flat.transpose(0, 2, 1).reshape(n, 3, h2, w2)
 
 
-def teacher_forced_logits(nets: PlaneNets, x: Tensor, valid: Tensor, latent: Tensor | None = None,
-                          planes: Iterable[int] = range(1, 9)) -> Iterator[tuple[int, int, Tensor, Tensor]]:
-    """The logits of every (plane, step) of padded images ``x``, from the true bits.
+def teacher_forced_steps(nets: PlaneNets, x: Tensor, valid: Tensor, latent: Tensor | None = None,
+                         planes: Iterable[int] = range(1, 9), kernel_path: str = "torch"
+                         ) -> Iterator[tuple[int, int, Tensor, Tensor, Tensor]]:
+    """The coder input of every (plane, step) of padded images ``x``, from the true bits.
 
-    Exactly the network calls the decoder makes (same inputs, same shapes):
-    known image before plane k, bits of steps < s at valid positions, and
-    ``latent`` features for the networks that take them.
-    Yields ``(k, s, logits, plane_bits)``.
+    Exactly the network calls the decoder makes (same inputs, same shapes,
+    same kernel path): known image before plane k, bits of steps < s at valid
+    positions, and ``latent`` features for the networks that take them.
+    Yields ``(k, s, probs7, logits, plane_bits)``: probs7 (n, Q, 7) uint8 on
+    the device, logits (n, 6, H/2, W/2).
     """
     valid_u8 = valid.to(torch.uint8)
     height, width = x.shape[-2:]
@@ -315,7 +322,9 @@ def teacher_forced_logits(nets: PlaneNets, x: Tensor, valid: Tensor, latent: Ten
         lat = latent if net.cfg.latent_channels > 0 else None
         for s in range(1, NUM_STEPS + 1):
             before = steps_before_mask(s, height, width, x.device).to(torch.uint8)
-            yield k, s, net.step_logits(k, s, context, bits * before, valid, lat), bits
+            probs7, logits = dispatch.step_probs7(net, k, s, context, bits * before, valid, lat,
+                                                  path=kernel_path, return_logits=True)
+            yield k, s, probs7, logits, bits
 
 
 def theoretical_cost(logits: Tensor, step_bits: Tensor, step_valid: Tensor, rgb: Tensor) -> Tensor:

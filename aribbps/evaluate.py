@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from aribbps.bitplanes import step_view
-from aribbps.codec import teacher_forced_logits, theoretical_cost
+from aribbps.codec import teacher_forced_steps, theoretical_cost
 from aribbps.api import CONTEXT_MODE, DEFAULT_LANES, DEFAULT_TILE, CompressResult, decode_archive_images, encode_images
 from aribbps.container import decode_archive
 from aribbps.errors import AribError
@@ -119,7 +119,7 @@ def theoretical_bits(images: Sequence[LoadedImage], model: LoadedModel, tile: in
                 for z, mu_p, mu_q in zip(out.z, out.mu_p, out.mu_q):
                     bits.latent_prior -= float(logistic_log2_density(z - mu_p).sum())
                     bits.latent_posterior -= float(logistic_log2_density(z - mu_q).sum())
-            for _, s, logits, plane in teacher_forced_logits(model.nets, x, valid, features):
+            for _, s, _, logits, plane in teacher_forced_steps(model.nets, x, valid, features):
                 bits.planes += float(theoretical_cost(logits, step_view(plane, s), step_view(valid, s), rgb).sum())
     return bits
 

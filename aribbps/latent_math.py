@@ -37,6 +37,8 @@ import torch
 from torch import Tensor
 import torch.nn.functional as F
 
+from kernels.bitplanes_cupy import quantise_latent_offsets
+
 __all__ = [
     "LATENT_D_FRAC_BITS",
     "LATENT_D_MAX",
@@ -303,16 +305,11 @@ def quantise_offset(d: Tensor) -> Tensor:
         d: ``mu_q − mu_p`` (float, any shape; ±inf are clamped).
 
     Returns:
-        int32 tensor of the same shape.
+        int32 CPU tensor of the same shape.
 
     Raises:
         ValueError: ``d`` holds a NaN (a broken network; coding it would
             give the decoder nothing to reproduce).
     """
-    if not d.dtype.is_floating_point:
-        raise ValueError(f"d must be a float tensor, got dtype {d.dtype}")
-    d32 = d.detach().to(torch.float32)
-    if bool(torch.isnan(d32).any()):
-        raise ValueError("posterior offset d holds NaN; the latent model produced NaN means")
-    scaled = torch.round(d32 * float(1 << LATENT_D_FRAC_BITS))
-    return torch.clamp(scaled, -LATENT_D_MAX, LATENT_D_MAX).to(torch.int32)
+    # One implementation (CuPy on CUDA, NumPy on the CPU) lives in the kernel layer.
+    return torch.from_numpy(quantise_latent_offsets(d))

@@ -118,13 +118,12 @@ def check_kernel_path(recorded: str, device: torch.device | str | None = None) -
     """
     if recorded not in KERNEL_PATHS:
         raise ValueError(f"unknown kernel path {recorded!r} in the file (known: {KERNEL_PATHS})")
+    if recorded == "torch":
+        return recorded  # the torch path runs everywhere: decode with it, whatever this device would pick
     here = kernel_path(device)
     if here != recorded:
-        if recorded == "triton":
-            hint = ("decode on a CUDA device with Triton installed (pip install 'aribbps[gpu]')"
-                    f"{' and unset ' + ENV_VAR if os.environ.get(ENV_VAR) else ''}")
-        else:
-            hint = f"set {ENV_VAR}=torch to decode with the torch path"
+        hint = ("decode on a CUDA device with Triton installed (pip install 'aribbps[gpu]')"
+                f"{' and unset ' + ENV_VAR if os.environ.get(ENV_VAR) else ''}")
         raise KernelPathError(f"this file was encoded with the {recorded!r} kernels, but this decoder would use "
                               f"{here!r} on {_device(device).type!r}; the probabilities would differ and the "
                               f"image would not decode: {hint}")
