@@ -31,3 +31,44 @@ def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def other_model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_model_file(tmp_path_factory.mktemp("model2") / "other.safetensors", seed=1)
+
+
+def smooth_images(n: int, size: int, seed: int) -> torch.Tensor:
+    """Image-like uint8 batches: blurred random fields plus a little noise."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand((n, 3, size // 4, size // 4), generator=g) * 255
+    field = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
+    noise = torch.randn(field.shape, generator=g) * 4
+    return (field + noise).clamp(0, 255).to(torch.uint8)
+
+
+def train_briefly(path: Path, config: str = "tiny", steps: int = 80, size: int = 16, seed: int = 0) -> Path:
+    """Trains SIG (with its latent model) and INS jointly for a few Adam steps and saves the model."""
+    from aribbps.train.objectives import build_objective
+
+    torch.manual_seed(seed)
+    cfg = get_config(config)
+    sig, ins = build_nets(cfg)
+    objectives = [build_objective(mode, cfg, sig, ins) for mode in ("sig", "ins")]
+    for net in (sig, ins):
+        net.requires_grad_(True).train()
+    params = list(sig.parameters()) + list(ins.parameters())
+    optimizer = torch.optim.Adam(params, lr=3e-3)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for step in range(steps):
+            x = smooth_images(8, size, seed * 100_000 + step)
+            loss = sum(objective.loss(x)[0] for objective in objectives)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    finally:
+        torch.set_num_threads(threads)
+    save_model(path, cfg, sig.eval(), ins.eval())
+    return path
+
+
+@pytest.fixture(scope="session")
+def trained_model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train_briefly(tmp_path_factory.mktemp("trained") / "tiny-trained.safetensors")

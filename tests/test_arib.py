@@ -125,3 +125,27 @@ def test_two_hundred_mixed_images(mode: str, lanes: int) -> None:
     streams, stats = codec.encode(items)
     decoded = codec.decode([i.shape for i in items], streams, stats.qp.tolist(), stats.padding_words.tolist())
     assert all(np.array_equal(a, b) for a, b in zip(decoded, items))
+
+
+def test_bits_back_accounting_and_dataset_mode_on_a_trained_model(trained_model_file) -> None:
+    """Actual stream bits = planes + qp|z| - posterior (+ padding), and chaining beats single images."""
+    from aribbps import zoo
+    from tests.conftest import smooth_images
+
+    model = zoo.load(trained_model_file)
+    images = smooth_images(64, 16, seed=999).numpy()
+    single_bits, single_expected = 0, 0.0
+    for image in images[:16]:
+        codec = AribCodec(model.nets, model.cfg.pad_multiple, 1, "single")
+        streams, stats = codec.encode([image])
+        bits = len(streams[0]) * 8
+        expected = float(stats.net_bits().sum())
+        assert abs(bits - expected) <= 0.01 * expected + 160, (bits, expected)
+        single_bits += bits
+        single_expected += expected
+    codec = AribCodec(model.nets, model.cfg.pad_multiple, 4, "dataset")
+    streams, stats = codec.encode(list(images))
+    dataset_bits = sum(len(s) for s in streams) * 8
+    assert abs(dataset_bits - stats.net_bits().sum()) <= 0.01 * stats.net_bits().sum() + 4 * 160
+    # The same 16 images coded on their own cost more per image than the 64 chained ones.
+    assert dataset_bits / 64 < single_bits / 16
