@@ -1,6 +1,7 @@
 """Codec throughput on the CPU (or the device given): images per second.
 
     python bench/bench_codec.py [--configs cifar10 small-context] [--sizes 32 64] [--images 32] [--lanes 16]
+        [--mode context|single|dataset]
     pytest bench/bench_codec.py --benchmark-only
 
 Random weights (perturbed away from the zero-initialised heads) are fine for
@@ -23,6 +24,7 @@ import numpy as np
 import pytest
 import torch
 
+from aribbps.arib import AribCodec
 from aribbps.codec import PlaneCodec, PlaneNets
 from aribbps.config import get_config
 from aribbps.models.bitplane_net import build_nets
@@ -30,9 +32,9 @@ from aribbps.models.bitplane_net import build_nets
 PAPER_SECONDS_PER_IMAGE = {"encode": 0.76, "decode": 0.72}  # cifar10 config, 32x32, this machine
 
 
-def random_nets(config: str, device: str = "cpu", seed: int = 0) -> tuple[PlaneNets, int]:
-    """Networks of a config with random weights; paper configs without their latent model."""
-    cfg = dataclasses.replace(get_config(config), use_latent=False)
+def random_nets(config: str, device: str = "cpu", seed: int = 0, latent: bool = False) -> tuple[PlaneNets, int]:
+    """Networks of a config with random weights, with or without the latent model."""
+    cfg = dataclasses.replace(get_config(config), use_latent=latent)
     torch.manual_seed(seed)
     sig, ins = build_nets(cfg)
     with torch.no_grad():
@@ -52,18 +54,21 @@ def natural_like_images(n: int, size: int, seed: int = 0) -> list[np.ndarray]:
     return images
 
 
-def measure(config: str, size: int, n_images: int, lanes: int, device: str = "cpu") -> dict:
-    nets, multiple = random_nets(config, device)
+def measure(config: str, size: int, n_images: int, lanes: int, device: str = "cpu", mode: str = "context") -> dict:
+    """Encode and decode ``n_images`` in one file; ``mode`` "context" or an ArIB mode."""
+    nets, multiple = random_nets(config, device, latent=mode != "context")
     images = natural_like_images(n_images, size)
-    codec = PlaneCodec(nets, multiple, lanes, device)
+    codec = PlaneCodec(nets, multiple, lanes, device) if mode == "context" else AribCodec(
+        nets, multiple, lanes, mode, device)
     start = time.perf_counter()
-    streams, _ = codec.encode(images)
+    streams, stats = codec.encode(images)
     encode = time.perf_counter() - start
+    side = (stats.qp.tolist(), stats.padding_words.tolist()) if mode != "context" else ()
     start = time.perf_counter()
-    decoded = codec.decode([i.shape for i in images], streams)
+    decoded = codec.decode([i.shape for i in images], streams, *side)
     decode = time.perf_counter() - start
     assert all(np.array_equal(a, b) for a, b in zip(decoded, images))
-    row = {"config": config, "size": size, "images": n_images, "lanes": lanes, "device": device,
+    row = {"config": config, "mode": mode, "size": size, "images": n_images, "lanes": lanes, "device": device,
            "threads": torch.get_num_threads(),
            "encode_images_per_s": n_images / encode, "decode_images_per_s": n_images / decode,
            "encode_s_per_image": encode / n_images, "decode_s_per_image": decode / n_images}
@@ -80,12 +85,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=32, help="images per run (default 32)")
     parser.add_argument("--lanes", type=int, default=16)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--mode", default="context", choices=("context", "single", "dataset"),
+                        help="context: no latent model; single/dataset: ArIB with the config's latent model")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "codec.jsonl")
     args = parser.parse_args(argv)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for config in args.configs:
         for size in args.sizes:
-            row = measure(config, size, args.images, args.lanes, args.device)
+            row = measure(config, size, args.images, args.lanes, args.device, args.mode)
             print("  ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
             with args.out.open("a") as f:
                 f.write(json.dumps(row) + "\n")
