@@ -103,8 +103,8 @@ def main(argv: list[str] | None = None) -> int:
 @pytest.mark.parametrize("direction", ["encode", "decode"])
 def test_codec_cifar10_32px(benchmark, direction: str) -> None:
     nets, multiple = random_nets("cifar10")
-    images = natural_like_images(16, 32)
-    codec = PlaneCodec(nets, multiple, 16)
+    images = natural_like_images(8, 32)
+    codec = PlaneCodec(nets, multiple, 8)
     streams, _ = codec.encode(images)
     if direction == "encode":
         benchmark.pedantic(lambda: codec.encode(images), rounds=2, iterations=1)
