@@ -234,15 +234,6 @@ CONFIGS: dict[str, ModelConfig] = {
         ins_space_width=8, ins_entropy_width=8, ins_entropy_depth=1,
         relative_inputs=True,
     ),
-    # The same without latent model: the context-only codec's test config.
-    "tiny-context": ModelConfig(
-        name="tiny-context", share=True, sig_num=4, n_layers=1,
-        latent_channels=2, latent_width=8, latent_depth=1,
-        sig_plane_width=8, sig_plane_depth=1, ins_plane_width=8, ins_plane_depth=1,
-        space_width=8, entropy_width=8, entropy_depth=1,
-        ins_space_width=8, ins_entropy_width=8, ins_entropy_depth=1,
-        relative_inputs=True, use_latent=False,
-    ),
     # CPU-trainable default: the plane context runs once per plane, mostly at
     # half resolution; the shared per-plane heads run at quarter positions.
     "small": ModelConfig(
@@ -253,16 +244,17 @@ CONFIGS: dict[str, ModelConfig] = {
         ins_space_width=24, ins_entropy_width=32, ins_entropy_depth=1,
         relative_inputs=True,
     ),
-    # The CPU default as shipped until a latent model is trained.
-    "small-context": ModelConfig(
-        name="small-context", share=True, sig_num=4, n_layers=1,
-        latent_channels=3, latent_width=32, latent_depth=2,
-        sig_plane_width=48, sig_plane_depth=3, ins_plane_width=48, ins_plane_depth=3,
-        space_width=24, entropy_width=32, entropy_depth=1,
-        ins_space_width=24, ins_entropy_width=32, ins_entropy_depth=1,
-        relative_inputs=True, use_latent=False,
-    ),
 }
+
+
+def _without_latent(cfg: ModelConfig) -> ModelConfig:
+    """A config's context-only variant: no latent model, so one level of padding suffices."""
+    return dataclasses.replace(cfg, name=f"{cfg.name}-context", n_layers=1, use_latent=False, pad_multiple=0)
+
+
+# Context-only variants ("context" coding mode): the test config of the
+# context codec and a CPU default without latent model.
+CONFIGS.update({c.name: c for c in (_without_latent(CONFIGS["tiny"]), _without_latent(CONFIGS["small"]))})
 
 
 def get_config(name_or_path: str) -> ModelConfig:

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from timing import time_ms
 import torch
 
 # As a script (python bench/...), put the checkout first on the path: the repository's
@@ -116,19 +117,6 @@ def test_lattice_conv_torch_compile(benchmark):
 
 
 # ---------------------------------------------------------------- script mode
-def time_ms(fn: Callable[[], object], repeats: int) -> tuple[float, float, float]:
-    """p20/p50/p80 milliseconds after a burn-in (CUDA: synchronised around each call)."""
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    p20, p50, p80 = np.percentile(times, [20, 50, 80])
-    return float(p20), float(p50), float(p80)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=16)

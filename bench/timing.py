@@ -1,0 +1,20 @@
+"""Timing helpers shared by the benchmark scripts (run from bench/ or by pytest)."""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+
+def time_ms(fn: Callable[[], object], repeats: int) -> tuple[float, float, float]:
+    """p20/p50/p80 milliseconds after a burn-in (CUDA: synchronised around each call)."""
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    p20, p50, p80 = np.percentile(times, [20, 50, 80])
+    return float(p20), float(p50), float(p80)
