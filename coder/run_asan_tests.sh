@@ -10,7 +10,11 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cp -r "$root/aribbps" "$root/coder" "$root/setup.py" "$root/pyproject.toml" "$root/README.md" "$work/"
 rm -f "$work"/aribbps/_coder*.so
-(cd "$work" && ARIB_SANITIZE=1 "$py" setup.py -q build_ext --inplace >/dev/null 2>&1)
+if ! (cd "$work" && ARIB_SANITIZE=1 "$py" setup.py -q build_ext --inplace >"$work/build.log" 2>&1); then
+  cat "$work/build.log" >&2
+  echo "run_asan_tests: building the sanitized extension failed" >&2
+  exit 1
+fi
 asan_lib=$(g++ -print-file-name=libasan.so)
 ubsan_lib=$(g++ -print-file-name=libubsan.so)
 mkdir -p "$work/tests"
