@@ -151,6 +151,46 @@ class AribCodec(PlaneCodec):
         stats.posterior_bits[rnd.items] = sample.posterior_bits
         return coder
 
+    @torch.no_grad()
+    def initial_qp(self, items: Sequence[np.ndarray], progress: Callable[[int], None] | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+        """Single-image mode's first qp choice for each item, as if it were coded alone.
+
+        Pushes each item's insignificant planes onto a fresh lane, exactly
+        as :meth:`encode` does before it samples the latents, and applies
+        :func:`choose_qp` to the bits the lane then holds and the latent
+        dimensions of the round's padded size. This is the qp list that
+        ``--mode finetune`` trains with (``generate-finetune``).
+
+        Each item must be alone on its lane in its round, so that nothing
+        else is on the stack. Items padded to the same size as they would
+        be when coded alone, in the same batch layout, give exactly the
+        encoder's choice; the encoder can still lower it later if sampling
+        the posterior runs out of bits (rare: see :meth:`encode`).
+
+        Args:
+            items: (C, h, w) uint8 with C in {1, 3}.
+            progress: called with the number of items done after each round.
+
+        Returns:
+            ``(initial_bits, qp)``: float64 (n,) bits on each lane after
+            the insignificant planes, and uint8 (n,) qp in [3, 10].
+        """
+        shapes = [_check_item(item) for item in items]
+        initial = np.zeros(len(items))
+        qp = np.zeros(len(items), np.uint8)
+        for rnd in plan_rounds(shapes, self.lanes, self.multiple, self.device):
+            x = self.round_batch(items, rnd)
+            codes = self.plane_codes(x, rnd, self.ins_planes, None, CodingStats.zeros(len(items)))
+            coder = LaneCoder(self.lanes, self.threads)
+            self.push_codes(coder, rnd, codes, None)
+            bits = coder.num_bits()[: rnd.size].astype(np.float64)
+            initial[rnd.items] = bits
+            qp[rnd.items] = choose_qp(bits, self.latent.latent_dims(rnd.height, rnd.width))
+            if progress is not None:
+                progress(rnd.size)
+        return initial, qp
+
     @dataclass
     class _Sample:
         bins: dict[int, np.ndarray]  # layer -> (n, C, h, w) uint32

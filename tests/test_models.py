@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 
 import pytest
 import torch
@@ -271,21 +270,3 @@ def test_bad_inputs_raise() -> None:
         net(_image(72, 1, 8, 7)[:, :, :, :7], latent=torch.zeros(1, net.cfg.latent_channels, 8, 7))
     with pytest.raises(ValueError, match="uint8"):
         net(x.float())
-
-
-def test_tiny_model_is_fast() -> None:
-    """A 16x16 image through all 8 planes x 4 steps, the codec's way."""
-    sig, ins = (_randomize(n).eval() for n in build_nets(TINY))
-    x = _image(81, 1, 16, 16)
-    latent = torch.randn(1, TINY.latent_feature_channels, 16, 16)
-    valid = torch.ones(1, 1, 16, 16, dtype=torch.bool)
-    with torch.no_grad():
-        _step_logits(sig, x, 1, 1, valid, latent)  # warm-up
-        start = time.perf_counter()
-        for net, lat in ((sig, latent), (ins, None)):
-            for k in net.planes:
-                context = net.plane_context(known_before(x, k), k, valid)
-                for s in range(1, 5):
-                    net.step_logits(k, s, context, plane_bits(x, k), valid, lat)
-        elapsed = time.perf_counter() - start
-    assert elapsed < 1.0, elapsed

@@ -47,7 +47,7 @@ from torch import Tensor, nn
 
 from aribbps.bitplanes import known_before, known_to_float
 from aribbps.config import ModelConfig
-from aribbps.latent_math import bin_values, bins_of, posterior_bin_log2_mass
+from aribbps.latent_math import bin_values, bins_of, straight_through_bin_log2_mass
 from aribbps.models.layers import ResBlock, activation, conv1x1, conv3x3
 
 __all__ = ["LatentModel", "LatentOutput", "SampleFn", "logistic_log2_density"]
@@ -374,8 +374,10 @@ class LatentModel(nn.Module):
                 z_hat = bin_values(bins, mu_p, qp_b)
                 # Straight-through: the value is exactly z_hat, the gradient z's.
                 z_out = z_hat.detach() + (z - z.detach())
-                bits = qp_b.view(-1, 1, 1, 1).to(torch.float32) + posterior_bin_log2_mass(
-                    bins, mu_q - mu_p, qp_b
+                # Value: the posterior mass of the bin; gradient: with the bin's
+                # edges moving with z (else the cost's gradient averages to zero).
+                bits = qp_b.view(-1, 1, 1, 1).to(torch.float32) + straight_through_bin_log2_mass(
+                    z, mu_p, mu_q, bins, qp_b
                 )
                 all_bins[l] = bins
             layer_bits[l] = bits.flatten(1).sum(dim=1)
@@ -411,8 +413,10 @@ class LatentModel(nn.Module):
         straight-through gradient ``z + (z_hat − z).detach()``; the cost is
         what bits-back coding pays, ``Σ qp + log2 Q_q(bin)`` (``qp`` bits of
         the uniform prior minus the bits the posterior gives back), with
-        ``Q_q`` the posterior bin mass (clamped ``>= 1e-12``), differentiable
-        in ``mu_q`` and ``mu_p``::
+        ``Q_q`` the posterior bin mass (clamped ``>= 1e-12``), differentiated
+        with the bin's edges moving straight-through with ``z``
+        (:func:`aribbps.latent_math.straight_through_bin_log2_mass`: a fixed
+        bin would give the cost a gradient that averages to zero)::
 
             x_sig ─► bottom_up ─► top_down(sample from q) ─► features
                                          └─► latent_bits (B,)

@@ -8,9 +8,13 @@ Python API (everything the CLI does)::
 
 Modules: :mod:`~aribbps.train.trainer` (loop, checkpoints, resume, DDP),
 :mod:`~aribbps.train.objectives` (what each ``--mode`` minimises),
-:mod:`~aribbps.train.presets` (the paper's settings table).
+:mod:`~aribbps.train.finetune` (the qp lists of ``--mode finetune``:
+``generate-finetune``), :mod:`~aribbps.train.presets` (the paper's
+settings table).
 """
+from aribbps.train.finetune import QpList, QpListError, generate_finetune, read_qp_list
 from aribbps.train.objectives import (
+    FinetuneObjective,
     InsObjective,
     ModeUnavailable,
     Objective,
@@ -29,19 +33,24 @@ from aribbps.train.trainer import (
 )
 
 __all__ = [
+    "FinetuneObjective",
     "InsObjective",
     "ModeUnavailable",
     "Objective",
     "PRESETS",
     "Preset",
+    "QpList",
+    "QpListError",
     "SigObjective",
     "TrainOptions",
     "TrainResult",
     "TrainingError",
     "build_objective",
     "combine_models",
+    "generate_finetune",
     "get_preset",
     "launch",
     "load_checkpoint",
+    "read_qp_list",
     "train",
 ]

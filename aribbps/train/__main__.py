@@ -1,4 +1,4 @@
-"""``python -m aribbps.train``: train the SIG or INS net, or combine two runs.
+"""``python -m aribbps.train``: train the SIG or INS net, fine-tune SIG, or combine two runs.
 
 One process (CPU, or one GPU)::
 
@@ -13,6 +13,14 @@ Put a SIG run and an INS run together into one model file::
 
     python -m aribbps.train combine --sig runs/sig/best_sig.safetensors \\
         --ins runs/ins/best_ins.safetensors -o model.safetensors
+
+Fine-tune the SIG net with the discretised latents of single-image coding
+(the paper's last stage): write the per-image qp list, then train::
+
+    python -m aribbps.train generate-finetune --model model.safetensors \\
+        --dataset_type filedataset --data_dir patches/          # -> patches/qp_list.json
+    python -m aribbps.train --mode finetune --init model.safetensors --qp_path qp_list.json \\
+        --dataset_type filedataset --data_dir patches/ --save_dir runs/finetune
 
 The paper code's option names (``--data_dir``, ``--batch_size``, ...) work,
 and so do hyphenated ones (``--data-dir``). See docs/training.md.
@@ -35,6 +43,7 @@ from torch.multiprocessing.spawn import ProcessException
 from aribbps.datasets import DATASET_KINDS
 from aribbps.errors import AribError
 from aribbps.train.presets import MODES, PRESETS, get_preset, preset_name
+from aribbps.train.finetune import generate_finetune
 from aribbps.train.trainer import TrainingError, TrainOptions, combine_models, launch
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -67,16 +76,17 @@ def _flag(p: argparse._ActionsContainer, name: str, **kw: Any) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog=PROG,
-        description="Train the networks of an ArIB-BPS model. Subcommand: 'combine' "
-                    f"({PROG} combine --help) puts a SIG run and an INS run into one model file.",
+        description="Train the networks of an ArIB-BPS model. Subcommands: 'combine' "
+                    f"({PROG} combine --help) puts a SIG run and an INS run into one model file; "
+                    f"'generate-finetune' ({PROG} generate-finetune --help) writes the qp list of --mode finetune.",
         epilog="Exit codes: 0 done, 1 training failed, 2 bad options/data/config, 130 interrupted. "
                "Multi-GPU: torchrun --nproc_per_node N -m aribbps.train ... (see docs/training.md).",
     )
     g = p.add_argument_group("what to train")
     _flag(g, "mode", required=True, choices=MODES,
           help="sig: the significant planes' net (with its latent model if the config has one); ins: the "
-               "insignificant planes' net; finetune: SIG with discretised latents (not available yet: "
-               "needs the qp lists of generate-finetune)")
+               "insignificant planes' net; finetune: SIG and its latent model with the discretised latents of "
+               "single-image coding (needs --init and --qp_path from generate-finetune)")
     _flag(g, "config", metavar="NAME_OR_JSON",
           help="model config: a name (tiny-context, small-context, cifar10, imagenet32, ...) or a JSON file "
                "(default: the preset's, or the one in --init / --resume)")
@@ -104,7 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(g, "hflip", action="store_true", help="mirror training images at random")
     _flag(g, "workers", type=int, default=None, metavar="N",
           help="data loader processes (default 4 on CUDA, 0 on CPU)")
-    _flag(g, "qp_path", metavar="PATH", help="qp list (finetune only)")
+    _flag(g, "qp_path", metavar="PATH",
+          help="finetune only: the qp list written by generate-finetune (image name -> qp); a relative path is "
+               "relative to --data_dir (e.g. qp_list.json)")
 
     g = p.add_argument_group("optimisation (Adam, step-decayed learning rate)")
     _flag(g, "lr", type=float, help=f"learning rate (default {DEFAULTS['lr']})")
@@ -146,6 +158,56 @@ def build_combine_parser() -> argparse.ArgumentParser:
     p.add_argument("--ins", required=True, metavar="MODEL", help="take the INS net from this model file")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="the model file to write")
     return p
+
+
+def build_generate_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=f"{PROG} generate-finetune",
+                description="Write the qp list of --mode finetune: the latent precision qp single-image coding "
+                            "gives every image of a data set (from the bits the model's INS net puts on the "
+                            "stack for that image), keyed by image name.")
+    _flag(p, "data_dir", required=True, metavar="DIR", help="the training set folder")
+    _flag(p, "dataset_type", default="filedataset", choices=DATASET_KINDS,
+          help="as for training (default filedataset); cifar10: its 50 000 training images")
+    _flag(p, "model", metavar="MODEL", required=True,
+          help="the trained model file (both nets; the one --mode finetune will start from with --init)")
+    _flag(p, "config", metavar="NAME_OR_JSON", help="only for a sig.pth/ins.pth folder without config.json")
+    _flag(p, "data_dst", metavar="DIR",
+          help="write the list here instead of in --data_dir; for cifar10 the images are also written here as "
+               "PNG files (DIR/data_batch_1/00042.png: then train with --dataset_type imagefolder --data_dir DIR)")
+    _flag(p, "qp_path", metavar="PATH",
+          help="the list's file name; relative to --data_dst (or --data_dir); default qp_list.json")
+    _flag(p, "batch_size", type=int, default=16, metavar="B",
+          help="images per network batch (default 16; 1 repeats the encoder's batches exactly)")
+    _flag(p, "device", default="cpu", choices=("auto", "cpu", "cuda"), help="where the nets run (default cpu)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary")
+    return p
+
+
+def _generate(argv: Sequence[str]) -> int:
+    args = build_generate_parser().parse_args(argv)
+    from tqdm import tqdm
+
+    from aribbps.zoo import load
+
+    try:
+        model = load(args.model, args.device, args.config)
+        with tqdm(unit="img", disable=args.quiet or not sys.stderr.isatty(), leave=False) as bar:
+            result = generate_finetune(args.data_dir, args.dataset_type, model, args.data_dst, args.qp_path,
+                                       args.batch_size, progress=bar.update)
+    except (AribError, ValueError) as exc:
+        return _fail(str(exc))
+    except OSError as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if not args.quiet:
+        counts = sorted(set(result.qp.values()))
+        spread = ", ".join(f"qp {q}: {sum(1 for v in result.qp.values() if v == q)}" for q in counts)
+        print(f"wrote {result.path} ({len(result.qp)} images; {spread})")
+        print(f"fine-tune with: {PROG} --mode finetune --init {args.model} --qp_path {result.path.resolve()} "
+              f"--dataset_type {result.dataset_type} --data_dir {result.data_dir} ...")
+    return EXIT_OK
 
 
 def _world_size(args: argparse.Namespace) -> int:
@@ -228,6 +290,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["combine"]:
         return _combine(argv[1:])
+    if argv[:1] == ["generate-finetune"]:
+        return _generate(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         opts, nprocs = resolve_options(args)

@@ -11,13 +11,20 @@ objectives (``finetune``) plug in here:
   plane bits given a reparameterised latent sample, plus the latent cost
   ``Σ −log2 p(z) + log2 q(z|x)`` (the negative ELBO).
 
-``finetune`` (SIG with straight-through discretised latents at each image's
-``qp``) needs the per-image qp lists of ``generate-finetune``, which does
-not exist yet; :func:`build_objective` refuses it with that reason.
+* :class:`FinetuneObjective` (``finetune``): the SIG net and its latent
+  model with the discretisation single-image coding uses: each image's
+  latents are a straight-through discretised sample at the ``qp`` the
+  codec will give it (a qp list from ``generate-finetune``,
+  :mod:`aribbps.train.finetune`, looked up by image name), at a cost of
+  ``qp`` bits per dimension minus what the posterior gives back.
+
+Objectives see the batch's item names (``loss(x, names)``); only
+``finetune`` uses them.
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -25,6 +32,7 @@ from torch import Tensor, nn
 from aribbps.config import ModelConfig
 from aribbps.errors import AribError
 from aribbps.models import BitPlaneNet, EntropyHead
+from aribbps.train.finetune import QpList
 
 
 class ModeUnavailable(AribError, ValueError):
@@ -66,12 +74,17 @@ class Objective(ABC):
         """(sig, ins): what an exported model file holds."""
         return self.sig, self.ins
 
+    def check_names(self, names: Sequence[str]) -> None:
+        """Fail before training if some of the data set's images cannot be used (default: all can)."""
+
     @abstractmethod
-    def loss(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    def loss(self, x: Tensor, names: Sequence[str] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """Loss of a batch.
 
         Args:
             x: uint8 (B, 3, H, W), H and W multiples of ``cfg.pad_multiple``.
+            names: the B item names (:mod:`aribbps.datasets`); needed by
+                objectives that look images up (finetune), ignored by others.
 
         Returns:
             ``(bpsp, metrics)``: the mean bits per sub-pixel of the batch
@@ -108,7 +121,7 @@ class InsObjective(Objective):
     def trained(self) -> dict[str, nn.Module]:
         return {"ins": self.ins}
 
-    def loss(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    def loss(self, x: Tensor, names: Sequence[str] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         return _plane_loss(self.ins, x)
 
 
@@ -125,39 +138,88 @@ class SigObjective(Objective):
     def trained(self) -> dict[str, nn.Module]:
         return {"sig": self.sig}  # sig.latent is a submodule: trained and saved with it
 
-    def loss(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    def loss(self, x: Tensor, names: Sequence[str] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         if self.sig.latent is None:
             return _plane_loss(self.sig, x)
         features, latent_bits = self.sig.latent(x)  # it zeroes the insignificant bits itself
         return _plane_loss(self.sig, x, features, latent_bits)
 
 
-#: Objectives by mode. ``finetune`` has none yet (see :func:`build_objective`).
-OBJECTIVES: dict[str, type[Objective]] = {"sig": SigObjective, "ins": InsObjective}
+class FinetuneObjective(SigObjective):
+    """``--mode finetune``: SIG and its latent model with discretised latents (DESIGN.md 1.7).
+
+    Each image's latents are sampled from the posterior, snapped to the
+    centre of their equal-prior-mass bin at the image's ``qp`` with a
+    straight-through gradient, and cost ``Σ qp + log2 Q_q(bin)`` bits:
+    what single-image bits-back coding pays (``LatentModel.forward`` with
+    ``qp``). The plane bits are those of :class:`SigObjective`. INS is
+    frozen (it made the qp list: its bits are the initial bits).
+
+    Args:
+        cfg, sig, ins: as for :class:`Objective` (``cfg.use_latent`` must be true).
+        qp: the qp list (image name -> qp), from ``generate-finetune``.
+    """
+
+    mode = "finetune"
+
+    def __init__(self, cfg: ModelConfig, sig: BitPlaneNet, ins: BitPlaneNet, qp: QpList) -> None:
+        if sig.latent is None:
+            raise ModeUnavailable(f"config {cfg.name!r} has no latent model to fine-tune (use_latent=false)")
+        super().__init__(cfg, sig, ins)
+        self.qp = qp
+
+    def check_names(self, names: Sequence[str]) -> None:
+        self.qp.check_covers(list(names))
+
+    def qp_of(self, names: Sequence[str], device: torch.device) -> Tensor:
+        """(B,) int64 qp of the named images."""
+        return torch.tensor(self.qp.lookup(list(names)), dtype=torch.int64, device=device)
+
+    def loss(self, x: Tensor, names: Sequence[str] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        if names is None or len(names) != x.shape[0]:
+            raise ValueError("the finetune objective needs the name of every image of the batch (its qp)")
+        assert self.sig.latent is not None
+        features, latent_bits = self.sig.latent(x, qp=self.qp_of(names, x.device))
+        return _plane_loss(self.sig, x, features, latent_bits)
 
 
-def build_objective(mode: str, cfg: ModelConfig, sig: BitPlaneNet, ins: BitPlaneNet) -> Objective:
+#: Objectives by mode (``finetune`` also needs a qp list: :func:`build_objective`).
+OBJECTIVES: dict[str, type[Objective]] = {"sig": SigObjective, "ins": InsObjective, "finetune": FinetuneObjective}
+
+NEEDS_QP_LIST = (
+    "--mode finetune needs per-image qp lists from 'generate-finetune': run "
+    "'python -m aribbps.train generate-finetune --model MODEL --data_dir DIR ...' and pass --qp_path"
+)
+
+
+def build_objective(mode: str, cfg: ModelConfig, sig: BitPlaneNet, ins: BitPlaneNet,
+                    qp: QpList | None = None) -> Objective:
     """The objective of ``mode`` over ``sig`` and ``ins`` (from :func:`build_nets`).
 
+    Args:
+        qp: the qp list; required by ``finetune``, not used by the others.
+
     Raises:
-        ModeUnavailable: ``finetune`` (see the module docstring).
+        ModeUnavailable: ``finetune`` without a latent model or without ``qp``.
         ValueError: an unknown mode.
     """
     check_mode_available(mode, cfg)
     if mode not in OBJECTIVES:
         raise ValueError(f"unknown mode {mode!r}; choose one of sig, ins, finetune")
+    if mode == "finetune":
+        if qp is None:
+            raise ModeUnavailable(NEEDS_QP_LIST)
+        return FinetuneObjective(cfg, sig, ins, qp)
     return OBJECTIVES[mode](cfg, sig, ins)
 
 
 def check_mode_available(mode: str, cfg: ModelConfig) -> None:
-    """Fail early (before data is read) for a mode that cannot be trained yet."""
-    if mode == "finetune":
-        what = (
-            f"config {cfg.name!r} has no latent model to fine-tune (use_latent=false)"
-            if not cfg.use_latent else
-            "it needs per-image qp lists from 'generate-finetune', which aribbps does not implement yet"
+    """Fail early (before data is read) for a mode that cannot be trained with this config."""
+    if mode == "finetune" and not cfg.use_latent:
+        raise ModeUnavailable(
+            f"--mode finetune is not available: config {cfg.name!r} has no latent model to fine-tune "
+            "(use_latent=false)"
         )
-        raise ModeUnavailable(f"--mode finetune is not available: {what}")
 
 
 def keep_logits_float32(net: nn.Module) -> list[torch.utils.hooks.RemovableHandle]:

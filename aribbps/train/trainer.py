@@ -33,7 +33,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -57,7 +57,10 @@ from aribbps.datasets import (
 )
 from aribbps.errors import AribError, ModelLoadError
 from aribbps.models import BitPlaneNet, build_nets
+from aribbps.train.finetune import QpList, read_qp_list, resolve_qp_path
 from aribbps.train.objectives import (
+    NEEDS_QP_LIST,
+    ModeUnavailable,
     Objective,
     build_objective,
     check_mode_available,
@@ -101,7 +104,7 @@ class TrainOptions:
     decay_interval: int = 1_000
     resume: str | None = None  # checkpoint file, or a folder holding checkpoint.pt
     init: str | None = None  # model file: starting weights of both nets
-    qp_path: str | None = None  # finetune only
+    qp_path: str | None = None  # finetune only: qp list (relative: to data_dir)
     random_crop: int = 0  # 0 = whole images (cut to the pad multiple)
     hflip: bool = False
     device: str = "auto"  # auto | cpu | cuda
@@ -257,7 +260,9 @@ class _Data:
 
     def __init__(self, opts: TrainOptions, cfg: ModelConfig, info: DistInfo) -> None:
         base = open_dataset(opts.dataset_type, opts.data_dir, split="train")
-        train_idx, valid_idx = split_indices(dataset_names(base), opts.valid_num, opts.valid_select)
+        names = dataset_names(base)
+        train_idx, valid_idx = split_indices(names, opts.valid_num, opts.valid_select)
+        self.names = [names[i] for i in train_idx] + [names[i] for i in valid_idx]
         self.train_view = TrainingView(
             Subset(base, train_idx), cfg.pad_multiple, opts.random_crop, random=True,
             hflip=opts.hflip, seed=opts.seed,
@@ -280,28 +285,32 @@ class _Data:
         self.epoch = 0
         self.batch_in_epoch = 0  # batches of `epoch` already used
 
-    def batches(self) -> Iterator[Tensor]:
+    def batches(self) -> Iterator[tuple[Tensor, list[str]]]:
+        """Training batches ``(x, names)``, forever, continuing from the epoch position."""
         while True:
             self.sampler.set_epoch(self.epoch)
             self.train_view.set_epoch(self.epoch)
             self.sampler.start = self.batch_in_epoch * self.batch_size
-            for x, _names in self.loader:
+            for x, names in self.loader:
                 self.batch_in_epoch += 1
-                yield x
+                yield x, names
             self.epoch += 1
             self.batch_in_epoch = 0
 
 
-def _same_shape_groups(images: list[Tensor], limit: int) -> Iterator[Tensor]:
-    """Consecutive images of equal size, stacked, at most ``limit`` per batch."""
+def _same_shape_groups(images: list[Tensor], names: Sequence[str], limit: int
+                       ) -> Iterator[tuple[Tensor, list[str]]]:
+    """Consecutive images of equal size, stacked, at most ``limit`` per batch, with their names."""
     group: list[Tensor] = []
-    for image in images:
+    group_names: list[str] = []
+    for image, name in zip(images, names):
         if group and (image.shape != group[0].shape or len(group) == limit):
-            yield torch.stack(group)
-            group = []
+            yield torch.stack(group), group_names
+            group, group_names = [], []
         group.append(image)
+        group_names.append(name)
     if group:
-        yield torch.stack(group)
+        yield torch.stack(group), group_names
 
 
 # --- model ---------------------------------------------------------------------
@@ -314,8 +323,8 @@ class _LossModule(nn.Module):
         self.trained = nn.ModuleDict(objective.trained())
         self.objective = objective  # a plain object: not registered
 
-    def forward(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        return self.objective.loss(x)
+    def forward(self, x: Tensor, names: Sequence[str]) -> tuple[Tensor, dict[str, Tensor]]:
+        return self.objective.loss(x, names)
 
 
 def _build_nets(
@@ -349,6 +358,18 @@ def _resolve_model(
         return cfg, (sig, ins)
     assert given is not None
     return given, None
+
+
+def _qp_list(opts: TrainOptions) -> QpList:
+    """``--mode finetune``'s qp list (``--qp_path``, relative to ``--data_dir``), and its start model."""
+    if opts.qp_path is None:
+        raise ModeUnavailable(NEEDS_QP_LIST)
+    if opts.init is None and opts.resume is None:
+        raise ModeUnavailable(
+            "--mode finetune starts from a trained model: pass --init MODEL (the model the qp list "
+            "was made with), or --resume"
+        )
+    return read_qp_list(resolve_qp_path(opts.qp_path, opts.data_dir))
 
 
 # --- checkpoints -----------------------------------------------------------------
@@ -463,11 +484,20 @@ class Trainer:
             raise ValueError(f"the checkpoint was trained with --mode {ckpt['mode']}, not {opts.mode}")
         self.cfg, init = _resolve_model(opts, ckpt)
         check_mode_available(opts.mode, self.cfg)
+        qp = _qp_list(opts) if opts.mode == "finetune" else None
         self.save_dir = Path(opts.save_dir)
         self.written: list[str] = []
 
         sig, ins = _build_nets(opts, self.cfg, self.device, init)
-        self.objective = build_objective(opts.mode, self.cfg, sig, ins)
+        self.objective = build_objective(opts.mode, self.cfg, sig, ins, qp=qp)
+        if qp is not None and init is not None and qp.weights_sha256 is not None:
+            start_hash = model_hash(*init)
+            if start_hash != qp.weights_sha256:
+                self._warn(
+                    f"the qp list was made with model {qp.model!r} (weights {qp.weights_sha256[:12]}...), "
+                    f"not with --init (weights {start_hash[:12]}...): its qp may not be what the codec "
+                    "will choose with this model's INS net"
+                )
         if opts.amp:
             for net in self.objective.modules().values():
                 keep_logits_float32(net)
@@ -477,6 +507,7 @@ class Trainer:
         torch.manual_seed(opts.seed + info.rank)
 
         self.data = _Data(opts, self.cfg, info)
+        self.objective.check_names(self.data.names)  # finetune: every image needs its qp
         self.module = _LossModule(self.objective)
         params = [p for p in self.module.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(params, lr=opts.lr)
@@ -581,11 +612,11 @@ class Trainer:
         cuda = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=cuda):
             torch.manual_seed(self.opts.seed + self.info.rank)
-            for images, _names in self.data.valid_loader:
-                for x in _same_shape_groups(images, self.opts.batch_size):
+            for images, names in self.data.valid_loader:
+                for x, group_names in _same_shape_groups(images, names, self.opts.batch_size):
                     x = x.to(self.device)
                     with self._autocast():
-                        bpsp, _ = self.objective.loss(x)
+                        bpsp, _ = self.objective.loss(x, group_names)
                     totals[0] += bpsp.double() * x.numel()
                     totals[1] += x.numel()
         self.module.train()
@@ -618,9 +649,10 @@ class Trainer:
         batches = self.data.batches()
         try:
             while self.iteration < opts.num_iters:
-                x = next(batches).to(self.device, non_blocking=True)
+                x, names = next(batches)
+                x = x.to(self.device, non_blocking=True)
                 with self._autocast():
-                    loss, metrics = self.model(x)
+                    loss, metrics = self.model(x, names)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()
