@@ -193,8 +193,11 @@ def _codec(model: LoadedModel, mode: str, lanes: int, threads: int, kernel_path:
 def _record_side_info(records: Sequence[ImageRecord], refs: Sequence[tuple[_ItemRef, tuple[int, int, int]]],
                       stats: AribStats) -> None:
     """Per image, the qp and padding word count of each of its items, in item order."""
+    items_of: dict[int, list[int]] = {}
+    for j, (ref, _) in enumerate(refs):
+        items_of.setdefault(ref.image, []).append(j)
     for i, record in enumerate(records):
-        own = [j for j, (ref, _) in enumerate(refs) if ref.image == i]
+        own = items_of[i]
         record.extra["qp"] = [int(stats.qp[j]) for j in own]
         if stats.padding_words[own].any():
             record.extra["pad"] = [int(stats.padding_words[j]) for j in own]
