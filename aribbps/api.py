@@ -163,10 +163,10 @@ def encode_images(images: Sequence[LoadedImage], model: LoadedModel, lanes: int 
     mode = mode or default_mode(model, len(images))
     codec = _codec(model, mode, lanes, threads)
     streams, stats = codec.encode(items, progress)
-    if isinstance(stats, AribStats):
-        _record_side_info(records, refs, stats)
     archive = Archive(model.name, model.weights_hash, mode, lanes, tile, model.device.type, codec.kernel_path,
                       records, streams)
+    if isinstance(stats, AribStats):
+        _record_side_info(archive, refs, stats)
     data = encode_archive(archive)
     result = CompressResult(archive, data, _subpixels(records), float(stats.theoretical_bits.sum()),
                             float(stats.quantised_bits.sum()), time.perf_counter() - start,
@@ -190,17 +190,28 @@ def _codec(model: LoadedModel, mode: str, lanes: int, threads: int, kernel_path:
     return AribCodec(model.nets, model.cfg.pad_multiple, lanes, mode, model.device, threads, kernel_path)
 
 
-def _record_side_info(records: Sequence[ImageRecord], refs: Sequence[tuple[_ItemRef, tuple[int, int, int]]],
+def _record_side_info(archive: Archive, refs: Sequence[tuple[_ItemRef, tuple[int, int, int]]],
                       stats: AribStats) -> None:
-    """Per image, the qp and padding word count of each of its items, in item order."""
+    """The qp and padding word count of every item: once for the file where all items share
+    one qp (dataset mode), else per image in item order; padding only where there is some."""
+    records = archive.images
+    shared_qp = len(stats.qp) > 0 and bool((stats.qp == stats.qp[0]).all())
+    if shared_qp:
+        archive.extra["qp"] = int(stats.qp[0])
     items_of: dict[int, list[int]] = {}
     for j, (ref, _) in enumerate(refs):
         items_of.setdefault(ref.image, []).append(j)
     for i, record in enumerate(records):
         own = items_of[i]
-        record.extra["qp"] = [int(stats.qp[j]) for j in own]
+        if not shared_qp:
+            record.extra["qp"] = [int(stats.qp[j]) for j in own]
         if stats.padding_words[own].any():
             record.extra["pad"] = [int(stats.padding_words[j]) for j in own]
+
+
+def item_side_info(archive: Archive) -> tuple[list[int], list[int]]:
+    """(qp, padding words) of every item of an ArIB archive, in coding order."""
+    return _side_info(archive, _item_refs(archive.images, archive.tile_size))
 
 
 def _side_info(archive: Archive, refs: Sequence[tuple[_ItemRef, tuple[int, int, int]]]) -> tuple[list[int], list[int]]:
@@ -211,7 +222,7 @@ def _side_info(archive: Archive, refs: Sequence[tuple[_ItemRef, tuple[int, int, 
         per_image[ref.image] = k + 1
         extra = archive.images[ref.image].extra
         try:
-            qps.append(int(extra["qp"][k]))
+            qps.append(int(archive.extra["qp"]) if "qp" in archive.extra else int(extra["qp"][k]))
             pads.append(int(extra["pad"][k]) if "pad" in extra else 0)
         except (KeyError, IndexError, TypeError, ValueError):
             raise ArchiveError(f"corrupted: image {archive.images[ref.image].name!r} lacks its latent precision "

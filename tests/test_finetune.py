@@ -143,7 +143,7 @@ def test_generate_finetune_matches_the_codecs_choice_by_name(
         chosen.clear()
         result = api.encode_images([load_image(folder / name)], model, lanes=1, mode="single")
         assert chosen == [qp[name]], name
-        assert result.archive.images[0].extra["qp"][0] <= qp[name]
+        assert api.item_side_info(result.archive)[0][0] <= qp[name]
 
 
 def test_generate_finetune_cifar10_writes_pngs_and_names(qp_model: Path, tmp_path: Path,
