@@ -23,9 +23,12 @@ Modes:
   planes provide (about bits / latent dimensions, clamped to [3, 10]); if the
   stack runs dry while sampling, the round is rolled back and the short lane
   retried with a lower qp, then with padding words (auxiliary bits).
-* ``dataset``: qp = 10 for all; each lane is a chain, so an item's latents
-  are sampled out of the bits of the items after it in the lane; only the
-  item coded first (decoded last) of a lane may need padding.
+* ``dataset``: qp = 10; each lane is a chain, so an item's latents are
+  sampled out of the bits of the items after it in the lane. Only the item
+  coded first (decoded last) of a lane can lack bits; it gets a lower qp as
+  in single mode (a departure from the fixed qp of DESIGN 1.6, so that short
+  chains, e.g. as many lanes as images, cost no more than single images) and
+  padding only where even qp = 3 needs more.
 
 The decoder reads qp and the padding word count per item; everything else is
 recomputed from the integers it decodes, exactly as the encoder built them.
@@ -130,12 +133,12 @@ class AribCodec(PlaneCodec):
             self.push_codes(coder, rnd, ins_codes, stats if attempt == 0 else None)
             initial = coder.num_bits()[:n] - before
             if qp is None:
-                qp = choose_qp(initial, dims) if self.mode == "single" else np.full(n, QP_DATASET, np.uint8)
+                qp = self._initial_qp(initial, coder.num_bits()[:n], dims)
             sample = self._sample_posterior(coder, rnd, bottom_up, qp)
             if sample.ok.all():
                 break
             for j in np.flatnonzero(~sample.ok):
-                if self.mode == "single" and qp[j] > QP_MIN:
+                if qp[j] > QP_MIN:
                     qp[j] -= 1
                 else:
                     pad[j] = max(2 * pad[j], (int(qp[j]) * dims - int(initial[j])) // 32 + 8)
@@ -190,6 +193,18 @@ class AribCodec(PlaneCodec):
             if progress is not None:
                 progress(rnd.size)
         return initial, qp
+
+    def _initial_qp(self, own_bits: np.ndarray, stack_bits: np.ndarray, dims: int) -> np.ndarray:
+        """First qp to try per item (the encoder lowers it if sampling runs dry).
+
+        single: from the item's own initial bits. dataset: 10 wherever the
+        lane's stack holds enough bits, as chains normally do; at the start of
+        a chain (the first item coded, the last decoded) it falls back to the
+        single-mode rule, so a short chain costs no more than single images.
+        """
+        if self.mode == "single":
+            return choose_qp(own_bits, dims)
+        return np.where(stack_bits >= QP_DATASET * dims, QP_DATASET, choose_qp(stack_bits, dims)).astype(np.uint8)
 
     @dataclass
     class _Sample:

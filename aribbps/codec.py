@@ -2,10 +2,11 @@
 
 A *item* is one tile of one image, ``(C, h, w)`` uint8 with C = 3 (RGB) or
 C = 1 (greyscale or an alpha plane: fed to the network as three equal
-channels, only the R bit is coded). Items are dealt round-robin to L lanes;
-round r holds items ``r*L .. r*L + n - 1`` on lanes ``0 .. n-1``, edge-padded
-to one common size (a multiple of the model's ``pad_multiple``). Padding is
-never coded: the coder skips invalid positions.
+channels, only the R bit is coded). Items are sorted by padded area (largest
+first, ties by index) and dealt to L lanes: round r holds the next n <= L
+items of similar size (see :func:`plan_rounds`) on lanes ``0 .. n-1``, edge-padded to one common size (a multiple of
+the model's ``pad_multiple``). Padding is never coded: the coder skips
+invalid positions.
 
 Decoder order inside a lane: round 0 first; in a round plane 1..8, in a plane
 steps 1..4, in a step the step's valid positions in row-major order, R, G, B.
@@ -81,9 +82,24 @@ class _Round:
 
 
 def plan_rounds(shapes: Sequence[ItemShape], lanes: int, multiple: int, device: torch.device) -> Iterator[_Round]:
-    """Deals items round-robin to lanes; yields the rounds in decoding order."""
-    for start in range(0, len(shapes), lanes):
-        idx = list(range(start, min(start + lanes, len(shapes))))
+    """Deals items to lanes, largest first; a round takes up to ``lanes`` items of at
+    least half the padded area of its first, so that it holds items of similar size
+    (little padding to compute and, in the ArIB modes, few latent dimensions spent on
+    padding). Yields the rounds in decoding order. A function of the shapes only, so
+    the decoder deals exactly as the encoder did."""
+
+    def padded_area(i: int) -> tuple[int, int]:
+        _, h, w = shapes[i]
+        return -(-(-h // multiple) * multiple * (-(-w // multiple) * multiple)), i
+
+    order = sorted(range(len(shapes)), key=padded_area)
+    groups: list[list[int]] = []
+    for i in order:  # a round never mixes items of less than half its largest item's area
+        if groups and len(groups[-1]) < lanes and 2 * -padded_area(i)[0] >= -padded_area(groups[-1][0])[0]:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    for idx in groups:
         sub = [shapes[i] for i in idx]
         height = -(-max(h for _, h, _ in sub) // multiple) * multiple
         width = -(-max(w for _, _, w in sub) // multiple) * multiple

@@ -43,23 +43,34 @@ def test_round_trip(mode: str, lanes: int) -> None:
         [i.shape for i in items], streams, stats.qp.tolist(), stats.padding_words.tolist())
     for got, want in zip(decoded, items):
         np.testing.assert_array_equal(got, want)
-    if mode == "dataset":
-        assert (stats.qp == 10).all()
+    if mode == "dataset":  # chains give qp 10; only the first-coded items of short chains may get less
+        assert (stats.qp == 10).mean() >= 0.5
     assert ((stats.qp >= 3) & (stats.qp <= 10)).all()
 
 
 @pytest.mark.parametrize("mode", ["single", "dataset"])
-def test_tiny_images_round_trip_with_padding_where_needed(mode: str) -> None:
+def test_tiny_images_round_trip(mode: str) -> None:
     nets, multiple = arib_nets()
     items = [np.full((1, 1, 1), 9, np.uint8), np.full((3, 1, 2), 200, np.uint8), np.full((1, 2, 2), 7, np.uint8)]
     streams, stats = AribCodec(nets, multiple, 1, mode).encode(items)
-    if mode == "dataset":
-        assert stats.padding_words.sum() > 0  # 1x1 images hold far fewer initial bits than 10-bit latents need
-        assert stats.padding_words[:-1].sum() == 0  # only the first image coded (last decoded) of a chain
-    else:
-        assert (stats.qp == 3).all()
+    assert stats.padding_words[:-1].sum() == 0  # only the first image coded (last decoded) of a chain
     decoded = AribCodec(nets, multiple, 1, mode).decode([i.shape for i in items], streams,
                                                         stats.qp.tolist(), stats.padding_words.tolist())
+    for got, want in zip(decoded, items):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_padding_provides_initial_bits_when_even_the_lowest_qp_needs_more(monkeypatch) -> None:
+    import aribbps.arib as arib
+
+    monkeypatch.setattr(arib, "QP_MIN", 10)  # forbid lowering qp: 1x1 images then need padding
+    monkeypatch.setattr(AribCodec, "_initial_qp", lambda self, own, stack, dims: np.full(len(own), 10, np.uint8))
+    nets, multiple = arib_nets()
+    items = [np.full((1, 1, 1), 9, np.uint8), np.full((3, 1, 2), 200, np.uint8), np.full((1, 2, 2), 7, np.uint8)]
+    streams, stats = AribCodec(nets, multiple, 1, "dataset").encode(items)
+    assert stats.padding_words[-1] > 0 and (stats.padding_bits == 32 * stats.padding_words).all()
+    decoded = AribCodec(nets, multiple, 1, "dataset").decode([i.shape for i in items], streams,
+                                                             stats.qp.tolist(), stats.padding_words.tolist())
     for got, want in zip(decoded, items):
         np.testing.assert_array_equal(got, want)
 
