@@ -197,13 +197,17 @@ class PlaneCodec:
                     stats: CodingStats) -> list[StepCodes]:
         """Teacher-forced coder input of ``planes`` (decoding order); adds theoretical costs to ``stats``."""
         rgb = torch.from_numpy(rnd.rgb_lanes()).to(self.device)
+        x_host = x.cpu()  # the true bits come from the host copy: no per-step transfer for them
+        valid_host = rnd.valid.cpu().to(torch.uint8)
+        theoretical = torch.zeros(rnd.size, dtype=torch.float64, device=self.device)
         codes = []
         for k, s, probs7, logits, bits in teacher_forced_steps(self.nets, x, rnd.valid, latent, planes,
                                                                self.kernel_path):
             probs7 = dispatch.to_host(probs7)  # the one device-to-host copy of this step
-            cost = theoretical_cost(logits, step_view(bits, s), step_view(rnd.valid, s), rgb)
-            stats.theoretical_bits[rnd.items] += cost.double().cpu().numpy()
-            codes.append(StepCodes(s, probs7, step_view(bits, s).cpu().numpy()))
+            theoretical += theoretical_cost(logits, step_view(bits, s), step_view(rnd.valid, s), rgb).double()
+            host_bits = plane_bits(x_host, k) * valid_host
+            codes.append(StepCodes(s, probs7, step_view(host_bits, s).numpy()))
+        stats.theoretical_bits[rnd.items] += theoretical.cpu().numpy()  # once per round
         return codes
 
     def push_codes(self, coder: LaneCoder, rnd: _Round, codes: Sequence[StepCodes], stats: CodingStats | None) -> None:
