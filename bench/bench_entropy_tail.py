@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import platform
 import sys
 import time
@@ -37,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from timing import time_ms
+from timing import append_result, time_ms
 import torch
 
 # As a script (python bench/...), put the checkout first on the path: the repository's
@@ -233,9 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         results[group] = rows
     record = {"bench": "entropy_tail", "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "torch": torch.__version__,
               "device": _device_name(), "batch": args.batch, "p20_p50_p80_ms": results}
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    with args.results.open("a", encoding="utf-8") as fh:
-        fh.write(json.dumps(record) + "\n")
+    append_result(args.results, record)
     return 0
 
 

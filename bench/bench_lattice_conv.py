@@ -22,7 +22,6 @@ Each contender's output is checked against the reference before it is timed.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -31,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from timing import time_ms
+from timing import append_result, time_ms
 import torch
 
 # As a script (python bench/...), put the checkout first on the path: the repository's
@@ -140,9 +139,7 @@ def main(argv: list[str] | None = None) -> int:
               "device": torch.cuda.get_device_name() if CUDA else platform.processor() or "cpu",
               "batch": args.batch, "size": args.size, "out": args.out, "step": STEP,
               "p20_p50_p80_ms": rows}
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    with args.results.open("a", encoding="utf-8") as fh:
-        fh.write(json.dumps(record) + "\n")
+    append_result(args.results, record)
     return 0
 
 

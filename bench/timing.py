@@ -1,8 +1,10 @@
 """Timing helpers shared by the benchmark scripts (run from bench/ or by pytest)."""
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
@@ -18,3 +20,10 @@ def time_ms(fn: Callable[[], object], repeats: int) -> tuple[float, float, float
         times.append((time.perf_counter() - start) * 1e3)
     p20, p50, p80 = np.percentile(times, [20, 50, 80])
     return float(p20), float(p50), float(p80)
+
+
+def append_result(path: Path, record: dict) -> None:
+    """Appends one JSON line to a results file (long format: old rows are kept)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record) + "\n")

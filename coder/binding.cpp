@@ -32,6 +32,15 @@ const int64_t* offsets_of(const LaneCoder& c, const CArray<int64_t>& offsets) {
 
 py::ssize_t total(const CArray<int64_t>& offsets) { return static_cast<py::ssize_t>(offsets.data()[offsets.size() - 1]); }
 
+// Checks the arguments of a latent pop; returns the offsets.
+const int64_t* latent_pop_args(const LaneCoder& c, const CArray<int32_t>& d_fixed, const CArray<uint8_t>& qp,
+                               const CArray<int64_t>& offsets) {
+  const int64_t* off = offsets_of(c, offsets);
+  check_size(d_fixed, total(offsets), "d_fixed");
+  check_size(qp, static_cast<py::ssize_t>(c.lanes()), "qp");
+  return off;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_coder, m) {
@@ -148,9 +157,7 @@ PYBIND11_MODULE(_coder, m) {
            })
       .def("pop_latent",
            [](LaneCoder& c, const CArray<int32_t>& d_fixed, const CArray<uint8_t>& qp, const CArray<int64_t>& offsets) {
-             const int64_t* off = offsets_of(c, offsets);
-             check_size(d_fixed, total(offsets), "d_fixed");
-             check_size(qp, static_cast<py::ssize_t>(c.lanes()), "qp");
+             const int64_t* off = latent_pop_args(c, d_fixed, qp, offsets);
              CArray<uint32_t> out(total(offsets));
              uint32_t* o = out.mutable_data();
              {
@@ -161,9 +168,7 @@ PYBIND11_MODULE(_coder, m) {
            })
       .def("pop_latent_partial",
            [](LaneCoder& c, const CArray<int32_t>& d_fixed, const CArray<uint8_t>& qp, const CArray<int64_t>& offsets) {
-             const int64_t* off = offsets_of(c, offsets);
-             check_size(d_fixed, total(offsets), "d_fixed");
-             check_size(qp, static_cast<py::ssize_t>(c.lanes()), "qp");
+             const int64_t* off = latent_pop_args(c, d_fixed, qp, offsets);
              CArray<uint32_t> out(total(offsets));
              uint32_t* o = out.mutable_data();
              std::vector<uint8_t> flags(c.lanes());
