@@ -6,6 +6,8 @@ Examples::
         --per-photo 3000 --holdout Aqua Storm Kite Path
     python -m aribbps.data build-corpus /work/corpus_src --crops 256 --out corpus/crops256 \\
         --per-photo 10 --holdout Aqua Storm Kite Path --splits valid
+    python -m aribbps.data extract-rcc gcompris/rcc/erase.rcc gcompris/rcc/details.rcc \\
+        --out photos_gc --prefix gc_
 
 Exit codes: 0 ok, 1 bad input (CorpusError), 2 usage, 3 I/O error, 130 interrupted.
 """
@@ -55,6 +57,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-scale", type=float, default=0.5, help="largest crop side / shorter side (default 1/2)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier corpus in DIR")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary")
+    r = sub.add_parser("extract-rcc", help="copy the photos out of Qt resource bundles (.rcc)",
+                       description="Write the RGB photos inside Qt .rcc bundles (e.g. gcompris-qt-data's) "
+                                   "into OUT, flat, named PREFIX<bundle>_<folder>_<name>.")
+    r.add_argument("bundles", nargs="+", metavar="RCC", help=".rcc files")
+    r.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    r.add_argument("--min-side", type=int, default=256, metavar="PX",
+                   help="leave out images whose shorter side is below PX (default 256)")
+    r.add_argument("--prefix", default="", help="prepended to every file name (e.g. gc_)")
+    r.add_argument("--notices", metavar="DIR", default=None,
+                   help="also write the bundles' README files (image authors and licences) into DIR")
+    r.add_argument("-q", "--quiet", action="store_true", help="no summary")
     return parser
 
 
@@ -85,13 +98,27 @@ def build_corpus_command(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def extract_rcc_command(args: argparse.Namespace) -> int:
+    """Run ``extract-rcc``; returns the exit code."""
+    from aribbps.data.qt_resources import extract_photos
+
+    written = extract_photos(args.bundles, args.out, min_side=args.min_side, prefix=args.prefix,
+                             notices_dir=args.notices)
+    if not args.quiet:
+        print(f"{args.out}: {len(written)} photos from {len(args.bundles)} bundles")
+    return EXIT_OK
+
+
+COMMANDS = {"build-corpus": build_corpus_command, "extract-rcc": extract_rcc_command}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code (argparse exits with 2 on bad options)."""
     args = build_parser().parse_args(argv)
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning
         try:
-            return build_corpus_command(args)
+            return COMMANDS[args.command](args)
         except AribError as e:
             print(f"error: {e}", file=sys.stderr)
             return EXIT_BAD_INPUT
