@@ -106,6 +106,8 @@ def test_help_exits_zero(capsys: pytest.CaptureFixture[str]) -> None:
         (["--config", "tiny", "--mode", "finetune"], "needs per-image qp lists from 'generate-finetune'"),
         (["--config", "tiny-context", "--mode", "finetune"], "no latent model to fine-tune"),
         (["--config", "no-such-config"], "unknown config 'no-such-config'"),
+        (["--config", "tiny", "--kl_warmup", "-1"], "--kl_warmup must be >= 0"),
+        (["--config", "tiny", "--mode", "ins", "--kl-warmup", "5"], "--kl_warmup applies to the latent model"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(
@@ -181,6 +183,38 @@ def test_sig_objective_with_latent_model_adds_latent_bits() -> None:
         build_objective("finetune", cfg, *build_nets(cfg))
 
 
+def test_latent_weight_scales_the_loss_but_not_the_reported_bits() -> None:
+    cfg = get_config("tiny")
+    torch.manual_seed(0)
+    obj = build_objective("sig", cfg, *build_nets(cfg))
+    x = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    torch.manual_seed(1)
+    full, ref = obj.loss(x)
+    obj.latent_weight = 0.25
+    torch.manual_seed(1)  # the same latent sample
+    loss, metrics = obj.loss(x)
+    planes = sum(metrics[f"bpsp_p{k}"] for k in range(1, 5))
+    assert torch.allclose(metrics["bpsp"], ref["bpsp"]) and torch.allclose(metrics["bpsp"], full.detach())
+    assert torch.allclose(loss.detach(), planes + 0.25 * metrics["bpsp_latent"])
+    assert metrics["bpsp_latent"].abs() > 1e-3  # the test would not tell the weights apart otherwise
+
+
+def test_kl_warmup_raises_the_latent_weight_linearly(
+    images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[float] = []
+    original = SigObjective.loss
+
+    def spy(self: SigObjective, x: torch.Tensor, names=None):  # noqa: ANN001
+        if self.sig.training:
+            seen.append(self.latent_weight)
+        return original(self, x, names)
+
+    monkeypatch.setattr(SigObjective, "loss", spy)
+    train(_opts(images, tmp_path / "run", config="tiny", num_iters=6, kl_warmup=4, dropout=0.0))
+    assert seen == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+
+
 def test_mixed_precision_keeps_probability_maths_float32() -> None:
     torch.manual_seed(0)
     sig, ins = build_nets(TINY)
@@ -216,7 +250,7 @@ def test_resume_continues_bit_exactly(config: str, images: Path, tmp_path: Path)
     # on both sides of the resume; dropout, random crops, flips and (tiny) the
     # latent samples all draw randomness.
     kw = dict(random_crop=4 if config == "tiny" else 6, hflip=True, valid_num=9, valid_interval=3,
-              decay_interval=3, decay_rate=0.5, config=config)
+              decay_interval=3, decay_rate=0.5, config=config, kl_warmup=6 if config == "tiny" else 0)
     full = tmp_path / "full"
     train(_opts(images, full, num_iters=8, **kw))
     part = tmp_path / "part"

@@ -96,21 +96,28 @@ class Objective(ABC):
 
 
 def _plane_loss(
-    net: BitPlaneNet, x: Tensor, latent: Tensor | None = None, latent_bits: Tensor | None = None
+    net: BitPlaneNet, x: Tensor, latent: Tensor | None = None, latent_bits: Tensor | None = None,
+    latent_weight: float = 1.0,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """Teacher-forced bits of ``net``'s planes (+ latent bits), per sub-pixel of ``x``."""
+    """Teacher-forced bits of ``net``'s planes (+ latent bits), per sub-pixel of ``x``.
+
+    The loss weighs the latent bits by ``latent_weight`` (KL warm-up); the
+    ``bpsp`` metric is always the true cost (weight 1).
+    """
     costs = net.plane_costs(x, latent=latent).float()  # (B, P)
     per_plane = costs.sum(dim=0) / x.numel()
     bpsp = per_plane.sum()
     metrics = {}
     for k, value in zip(net.planes, per_plane.detach().unbind()):
         metrics[f"bpsp_p{k}"] = value
+    loss = bpsp
     if latent_bits is not None:
         latent_bpsp = latent_bits.float().sum() / x.numel()
+        loss = bpsp + latent_weight * latent_bpsp
         bpsp = bpsp + latent_bpsp
         metrics["bpsp_latent"] = latent_bpsp.detach()
     metrics["bpsp"] = bpsp.detach()
-    return bpsp, metrics
+    return loss, metrics
 
 
 class InsObjective(Objective):
@@ -134,6 +141,9 @@ class SigObjective(Objective):
         if cfg.use_latent and sig.latent is None:
             raise ValueError(f"config {cfg.name!r} has use_latent=true but the SIG net has no latent model")
         super().__init__(cfg, sig, ins)
+        #: Weight of the latent bits in the loss (the trainer's KL warm-up
+        #: raises it to 1); the reported ``bpsp`` always counts them fully.
+        self.latent_weight = 1.0
 
     def trained(self) -> dict[str, nn.Module]:
         return {"sig": self.sig}  # sig.latent is a submodule: trained and saved with it
@@ -142,7 +152,7 @@ class SigObjective(Objective):
         if self.sig.latent is None:
             return _plane_loss(self.sig, x)
         features, latent_bits = self.sig.latent(x)  # it zeroes the insignificant bits itself
-        return _plane_loss(self.sig, x, features, latent_bits)
+        return _plane_loss(self.sig, x, features, latent_bits, self.latent_weight)
 
 
 class FinetuneObjective(SigObjective):
@@ -180,7 +190,7 @@ class FinetuneObjective(SigObjective):
             raise ValueError("the finetune objective needs the name of every image of the batch (its qp)")
         assert self.sig.latent is not None
         features, latent_bits = self.sig.latent(x, qp=self.qp_of(names, x.device))
-        return _plane_loss(self.sig, x, features, latent_bits)
+        return _plane_loss(self.sig, x, features, latent_bits, self.latent_weight)
 
 
 #: Objectives by mode (``finetune`` also needs a qp list: :func:`build_objective`).

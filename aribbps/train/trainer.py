@@ -107,6 +107,10 @@ class TrainOptions:
     qp_path: str | None = None  # finetune only: qp list (relative: to data_dir)
     random_crop: int = 0  # 0 = whole images (cut to the pad multiple)
     hflip: bool = False
+    #: Iterations over which the latent bits' weight in the loss rises
+    #: linearly from 0 to 1 (0 = weight 1 throughout). Counters posterior
+    #: collapse; sig and finetune modes with a latent model only.
+    kl_warmup: int = 0
     device: str = "auto"  # auto | cpu | cuda
     amp: bool = False  # bfloat16 autocast (CUDA only); weights stay float32
     seed: int = 0
@@ -156,6 +160,10 @@ def check_options(opts: TrainOptions) -> None:
         raise ValueError(f"--dropout must be in [0, 1), got {opts.dropout!r}")
     if not opts.lr > 0 or not opts.decay_rate > 0:
         raise ValueError(f"--lr and --decay_rate must be > 0, got {opts.lr!r} and {opts.decay_rate!r}")
+    if opts.kl_warmup < 0:
+        raise ValueError(f"--kl_warmup must be >= 0, got {opts.kl_warmup!r}")
+    if opts.kl_warmup and opts.mode == "ins":
+        raise ValueError("--kl_warmup applies to the latent model: --mode sig or finetune")
     if opts.valid_select not in ("last", "hash"):
         raise ValueError(f"--valid-select must be 'last' or 'hash', got {opts.valid_select!r}")
     if opts.qp_path is not None and opts.mode != "finetune":
@@ -616,8 +624,8 @@ class Trainer:
                 for x, group_names in _same_shape_groups(images, names, self.opts.batch_size):
                     x = x.to(self.device)
                     with self._autocast():
-                        bpsp, _ = self.objective.loss(x, group_names)
-                    totals[0] += bpsp.double() * x.numel()
+                        _, metrics = self.objective.loss(x, group_names)
+                    totals[0] += metrics["bpsp"].double() * x.numel()
                     totals[1] += x.numel()
         self.module.train()
         bits, subpixels = _all_reduce_sum(totals, self.info).tolist()
@@ -651,6 +659,7 @@ class Trainer:
             while self.iteration < opts.num_iters:
                 x, names = next(batches)
                 x = x.to(self.device, non_blocking=True)
+                self._set_latent_weight()
                 with self._autocast():
                     loss, metrics = self.model(x, names)
                 self.optimizer.zero_grad(set_to_none=True)
@@ -700,6 +709,11 @@ class Trainer:
             final_path=final_path,
             checkpoint_path=self.save_dir / CHECKPOINT_FILE,
         )
+
+    def _set_latent_weight(self) -> None:
+        """KL warm-up: weight (iteration + 1) / kl_warmup, capped at 1 (a function of the iteration: exact on resume)."""
+        if self.opts.kl_warmup and hasattr(self.objective, "latent_weight"):
+            self.objective.latent_weight = min(1.0, (self.iteration + 1) / self.opts.kl_warmup)
 
     def _mean_metrics(self, sums: Mapping[str, Tensor], steps: int) -> dict[str, float]:
         names = sorted(sums)
