@@ -160,6 +160,8 @@ def encode_images(images: Sequence[LoadedImage], model: LoadedModel, lanes: int 
     refs = _item_refs(records, tile)
     _check_item_sizes(refs, AribError, "use --tile to cut it into tiles")
     items = [cut_tiles(parts_of[ref.image][ref.part], [ref.tile])[0] for ref, _ in refs]
+    # A lane without items would still cost its table entry and coder flush (~30 bytes).
+    lanes = min(lanes, len(items))
     mode = mode or default_mode(model, len(images))
     codec = _codec(model, mode, lanes, threads)
     streams, stats = codec.encode(items, progress)

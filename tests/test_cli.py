@@ -129,6 +129,20 @@ def test_actual_size_matches_quantised_information(tmp_path: Path, model_file: P
     assert coded_bits >= result.quantised_bits * 0.99
 
 
+def test_no_more_lanes_than_coded_items(tmp_path: Path, model_file: Path) -> None:
+    from aribbps import api, zoo
+
+    one = _save(tmp_path / "one.png", _rng(5).integers(0, 256, (8, 8, 3), dtype=np.uint8))
+    big = _save(tmp_path / "big.png", _rng(6).integers(0, 256, (16, 8, 3), dtype=np.uint8))
+    model = zoo.load(model_file)
+    assert api.compress([one], tmp_path / "a.arib", model, lanes=8).archive.lanes == 1
+    assert api.compress([one, big], tmp_path / "b.arib", model, lanes=8, tile=8).archive.lanes == 3  # 1 + 2 tiles
+    assert api.compress([one, big], tmp_path / "c.arib", model, lanes=2, tile=8).archive.lanes == 2
+    assert main(["decompress", str(tmp_path / "b.arib"), "-o", str(tmp_path / "out"), "--model", str(model_file),
+                 "-q"]) == EXIT_OK
+    assert np.array_equal(_pixels(tmp_path / "out" / "big.png"), _pixels(big))
+
+
 def _compressed(tmp_path: Path, model_file: Path) -> Path:
     src = tmp_path / "src"
     src.mkdir(exist_ok=True)
