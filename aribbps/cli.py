@@ -172,8 +172,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         print(json.dumps(report.as_dict(), indent=2))
         return EXIT_OK
     for key, value in report.as_dict().items():
-        if value is not None:
+        if value is not None and key != "plane_step_bits":
             print(f"{key:20s} {value:.4f}" if isinstance(value, float) else f"{key:20s} {value}")
+    if report.plane_step_bits is not None:
+        print("bits per coded bit   step 1  step 2  step 3  step 4")
+        for k, row in enumerate(report.plane_step_bits, start=1):
+            print(f"  plane {k}          " + "".join(f"{v:8.3f}" for v in row))
     return EXIT_OK if not report.decode_failures else EXIT_BAD_INPUT
 
 

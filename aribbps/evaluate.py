@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 
-from aribbps.bitplanes import step_view
+from aribbps.bitplanes import NUM_STEPS, step_view
 from aribbps.codec import teacher_forced_steps, theoretical_cost
 from aribbps.api import CONTEXT_MODE, DEFAULT_LANES, DEFAULT_TILE, CompressResult, decode_archive_images, encode_images
 from aribbps.container import decode_archive
@@ -52,6 +52,9 @@ class EvalReport:
     encode_seconds: float | None = None
     decode_seconds: float | None = None
     decode_failures: int | None = None
+    #: inference only: [plane 1..8][step 1..4] bits per coded bit (1 = no
+    #: compression) of the bits at that step's positions.
+    plane_step_bits: list[list[float]] | None = None
 
     @property
     def encode_images_per_s(self) -> float | None:
@@ -78,6 +81,14 @@ class ElboBits:
     planes: float = 0.0
     latent_prior: float = 0.0
     latent_posterior: float = 0.0
+    #: bits and coded bits (valid sub-pixels) per (plane - 1, step - 1).
+    step_bits: np.ndarray = field(default_factory=lambda: np.zeros((8, NUM_STEPS)))
+    step_count: np.ndarray = field(default_factory=lambda: np.zeros((8, NUM_STEPS)))
+
+    def bits_per_bit(self) -> list[list[float]]:
+        """Bits per coded bit of each (plane, step); NaN where nothing was coded."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return (self.step_bits / self.step_count).tolist()
 
     @property
     def total(self) -> float:
@@ -119,8 +130,12 @@ def theoretical_bits(images: Sequence[LoadedImage], model: LoadedModel, tile: in
                 for z, mu_p, mu_q in zip(out.z, out.mu_p, out.mu_q):
                     bits.latent_prior -= float(logistic_log2_density(z - mu_p).sum())
                     bits.latent_posterior -= float(logistic_log2_density(z - mu_q).sum())
-            for _, s, _, logits, plane in teacher_forced_steps(model.nets, x, valid, features):
-                bits.planes += float(theoretical_cost(logits, step_view(plane, s), step_view(valid, s), rgb).sum())
+            channels = torch.where(rgb, 3, 1)[:, None, None, None]
+            for k, s, _, logits, plane in teacher_forced_steps(model.nets, x, valid, features):
+                cost = float(theoretical_cost(logits, step_view(plane, s), step_view(valid, s), rgb).sum())
+                bits.planes += cost
+                bits.step_bits[k - 1, s - 1] += cost
+                bits.step_count[k - 1, s - 1] += float((step_view(valid, s) * channels).sum())
     return bits
 
 
@@ -151,7 +166,8 @@ def evaluate(images: Sequence[LoadedImage], model: LoadedModel, mode: str, lanes
         elbo = theoretical_bits(images, model, tile)
         return EvalReport(mode, "none", len(images), subpixels, elbo.total / subpixels, elbo.planes / subpixels,
                           elbo.latent_prior / subpixels if has_latent else None,
-                          elbo.latent_posterior / subpixels if has_latent else None)
+                          elbo.latent_posterior / subpixels if has_latent else None,
+                          plane_step_bits=elbo.bits_per_bit())
     coding = ("single" if mode == "single" else "dataset") if has_latent else CONTEXT_MODE
     results = []
     if mode == "single":

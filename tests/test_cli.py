@@ -113,6 +113,27 @@ def test_eval_single_and_dataset_have_no_failures(tmp_path: Path, model_file: Pa
         assert report["theoretical_bpd"] > 0
         if mode != "inference":
             assert report["decode_failures"] == 0 and report["actual_bpd"] > 0
+        else:
+            table = np.array(report["plane_step_bits"])
+            assert table.shape == (8, 4) and np.isfinite(table).all() and (table > 0).all()
+
+
+def test_plane_step_table_splits_the_plane_bits(tmp_path: Path, model_file: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from aribbps import api, zoo
+    from aribbps.evaluate import theoretical_bits
+
+    src = tmp_path / "src"
+    src.mkdir()
+    paths = [_save(src / f"{i}.png", _rng(i).integers(0, 256, (10, 6, 3), dtype=np.uint8)) for i in range(3)]
+    paths.append(_save(src / "grey.png", _rng(9).integers(0, 256, (7, 9), dtype=np.uint8)))
+    elbo = theoretical_bits(api.load_images(paths), zoo.load(model_file), tile=8)
+    assert elbo.step_bits.sum() == pytest.approx(elbo.planes, rel=1e-9)
+    # Every plane codes every sub-pixel once, spread over the 4 steps (tiles and padding excluded).
+    assert (elbo.step_count.sum(axis=1) == 3 * 10 * 6 * 3 + 7 * 9).all()
+    assert main(["eval", str(src), "--mode", "inference", "--model", str(model_file), "--tile", "8"]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert "bits per coded bit" in out and out.count("plane ") == 8
 
 
 def test_actual_size_matches_quantised_information(tmp_path: Path, model_file: Path) -> None:
