@@ -42,10 +42,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from aribbps.codec import CodingStats, ItemShape, PlaneCodec, PlaneNets, _check_item, _replicate_pad, _Round, plan_rounds
+from aribbps.codec import (
+    CodingStats, ItemShape, PlaneCodec, PlaneNets, StepCodes, _check_item, _replicate_pad, _Round, plan_rounds,
+)
 from aribbps.coder import LATENT_PRECISION_BITS, LaneCoder, latent_freqs
 from aribbps.latent_math import bin_values
 from aribbps.models.latent import LatentModel
+from aribbps.overlap import prefetched
 from kernels import dispatch
 
 ARIB_MODES = ("single", "dataset")
@@ -86,13 +89,14 @@ class AribCodec(PlaneCodec):
     Args:
         nets: SIG and INS networks; ``nets.sig.latent`` is the ladder VAE.
         multiple: H and W of every batch are multiples of this (>= 2**n_layers).
-        lanes, device, threads: as for :class:`aribbps.codec.PlaneCodec`.
+        lanes, device, threads, kernel_path, overlap: as for :class:`aribbps.codec.PlaneCodec`.
         mode: "single" or "dataset".
     """
 
     def __init__(self, nets: PlaneNets, multiple: int, lanes: int, mode: str,
-                 device: torch.device | str = "cpu", threads: int = 0, kernel_path: str | None = None) -> None:
-        super().__init__(nets, multiple, lanes, device, threads, kernel_path)
+                 device: torch.device | str = "cpu", threads: int = 0, kernel_path: str | None = None,
+                 overlap: bool | None = None) -> None:
+        super().__init__(nets, multiple, lanes, device, threads, kernel_path, overlap)
         if mode not in ARIB_MODES:
             raise ValueError(f"unknown ArIB mode {mode!r}; choose one of {', '.join(ARIB_MODES)}")
         if nets.sig.latent is None:
@@ -109,18 +113,24 @@ class AribCodec(PlaneCodec):
         shapes = [_check_item(item) for item in items]
         stats = AribStats.zeros(len(items))
         coder = LaneCoder(self.lanes, self.threads)
-        for rnd in reversed(list(plan_rounds(shapes, self.lanes, self.multiple, self.device))):
-            coder = self._encode_round(coder, items, rnd, stats)
+        rounds = reversed(list(plan_rounds(shapes, self.lanes, self.multiple, self.device)))
+        for rnd, ahead in prefetched(lambda r: self._coder_free_work(items, r, stats), rounds,
+                                     self.device, self.overlap):
+            coder = self._encode_round(coder, rnd, ahead, stats)
             if progress is not None:
                 progress(rnd.size)
         return coder.to_bytes(), stats
 
-    def _encode_round(self, coder: LaneCoder, items: Sequence[np.ndarray], rnd: _Round,
-                      stats: AribStats) -> LaneCoder:
+    def _coder_free_work(self, items: Sequence[np.ndarray], rnd: _Round, stats: AribStats
+                         ) -> tuple[Tensor, list[StepCodes], list[Tensor]]:
+        """What a round's encoding computes before it touches the coder: batch, INS codes, bottom-up pass."""
         x = self.round_batch(items, rnd)
+        return x, self.plane_codes(x, rnd, self.ins_planes, None, stats), self.latent.bottom_up(x)
+
+    def _encode_round(self, coder: LaneCoder, rnd: _Round, ahead: tuple[Tensor, list[StepCodes], list[Tensor]],
+                      stats: AribStats) -> LaneCoder:
+        x, ins_codes, bottom_up = ahead
         n = rnd.size
-        ins_codes = self.plane_codes(x, rnd, self.ins_planes, None, stats)
-        bottom_up = self.latent.bottom_up(x)
         dims = self.latent.latent_dims(rnd.height, rnd.width)
         snapshot = coder.to_bytes()
         pad = np.zeros(n, np.int64)

@@ -33,6 +33,7 @@ from torch import Tensor
 from aribbps.bitplanes import NUM_STEPS, known_before, plane_bits, step_positions, step_view, steps_before_mask
 from aribbps.coder import LaneCoder
 from aribbps.models.bitplane_net import BitPlaneNet
+from aribbps.overlap import default_overlap, prefetched
 from aribbps.probability import P_MAX, P_MIN, coupled_probs
 from kernels import dispatch
 
@@ -151,6 +152,9 @@ class PlaneCodec:
         lanes: number of independent rANS stacks.
         device: where the networks run.
         threads: coder threads (0 = one per CPU).
+        kernel_path: "torch" or "triton" (default: the device's, :mod:`kernels.dispatch`).
+        overlap: compute the next round's network work while this one codes
+            (:mod:`aribbps.overlap`; default: on CUDA only).
 
     This class codes every plane from the plane and space contexts alone
     ("context" mode). Its building blocks (:meth:`plane_codes`,
@@ -160,7 +164,7 @@ class PlaneCodec:
     """
 
     def __init__(self, nets: PlaneNets, multiple: int, lanes: int, device: torch.device | str = "cpu",
-                 threads: int = 0, kernel_path: str | None = None) -> None:
+                 threads: int = 0, kernel_path: str | None = None, overlap: bool | None = None) -> None:
         if lanes < 1:
             raise ValueError(f"lanes must be >= 1, got {lanes}")
         self.nets = nets
@@ -171,6 +175,9 @@ class PlaneCodec:
         #: "torch" or "triton": which kernels compute the coder's probabilities.
         #: Encoder and decoder must use the same (the container records it).
         self.kernel_path = kernel_path or dispatch.kernel_path(self.device)
+        #: Encoder: compute the next round's network work while this round
+        #: codes (:mod:`aribbps.overlap`); default on CUDA only.
+        self.overlap = default_overlap(self.device) if overlap is None else overlap
 
     # ------------------------------------------------------------------ encode
     @torch.no_grad()
@@ -182,9 +189,13 @@ class PlaneCodec:
         shapes = [_check_item(item) for item in items]
         stats = CodingStats.zeros(len(items))
         coder = LaneCoder(self.lanes, self.threads)
-        for rnd in reversed(list(plan_rounds(shapes, self.lanes, self.multiple, self.device))):
-            x = self.round_batch(items, rnd)
-            self.push_codes(coder, rnd, self.plane_codes(x, rnd, range(1, 9), None, stats), stats)
+        rounds = reversed(list(plan_rounds(shapes, self.lanes, self.multiple, self.device)))
+
+        def network(rnd: _Round) -> list[StepCodes]:
+            return self.plane_codes(self.round_batch(items, rnd), rnd, range(1, 9), None, stats)
+
+        for rnd, codes in prefetched(network, rounds, self.device, self.overlap):
+            self.push_codes(coder, rnd, codes, stats)
             if progress is not None:
                 progress(rnd.size)
         return coder.to_bytes(), stats

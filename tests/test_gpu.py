@@ -17,7 +17,8 @@ What only a GPU can show, and is checked here:
 * TF32 settings do not leak into the kernels (``tl.dot`` runs in IEEE fp32);
 * the CuPy backend equals the NumPy fallback exactly, shares memory with
   torch through DLPack, and stages results in pinned host memory;
-* the NVML sampler sees the device.
+* the NVML sampler sees the device;
+* the encoder's prefetch thread on its own CUDA stream writes the same bytes.
 """
 from __future__ import annotations
 
@@ -255,6 +256,26 @@ def test_dispatch_on_cuda(s):
         et.assert_probs7_match(q, q_torch, l_torch, (logits - l_torch).abs().max().item())
         # The decoder's partial plane gives bitwise the same probabilities, run after run.
         assert torch.equal(q, dispatch.step_probs7(net, k, s, context, bits * known, valid, lat, path="triton"))
+
+
+@gpu
+@pytest.mark.parametrize("mode", ["single", "dataset"])
+def test_encoder_overlap_on_cuda_streams_writes_the_same_bytes(mode):
+    """The prefetch thread runs on its own CUDA stream: same bytes as without it, and decodable."""
+    from aribbps.arib import AribCodec
+    from aribbps.codec import PlaneNets
+    from tests.test_arib import _items, arib_nets
+
+    nets, multiple = arib_nets()
+    nets = PlaneNets(nets.sig.cuda(), nets.ins.cuda())
+    items = _items(np.random.default_rng(3), 40)
+    plain, stats = AribCodec(nets, multiple, 8, mode, device="cuda", overlap=False).encode(items)
+    for _ in range(2):
+        assert AribCodec(nets, multiple, 8, mode, device="cuda", overlap=True).encode(items)[0] == plain
+    decoded = AribCodec(nets, multiple, 8, mode, device="cuda").decode(
+        [i.shape for i in items], plain, stats.qp.tolist(), stats.padding_words.tolist())
+    for got, want in zip(decoded, items):
+        np.testing.assert_array_equal(got, want)
 
 
 # ---------------------------------------------------------------- CuPy on CUDA
