@@ -256,7 +256,9 @@ def test_batch_items_are_independent() -> None:
     with torch.no_grad():
         both = _step_logits(net, x, 6, 3, None, None)
         one = _step_logits(net, x[1:2], 6, 3, None, None)
-    torch.testing.assert_close(both[1:2], one, rtol=1e-5, atol=1e-5)
+    # Float rounding differs with the batch size (and the thread count); a leak across
+    # items would show as differences of the logits' own size.
+    torch.testing.assert_close(both[1:2], one, rtol=1e-4, atol=1e-4)
 
 
 def test_bad_inputs_raise() -> None:
