@@ -43,21 +43,30 @@ def prefetched(fn: Callable[[T], R], items: Iterable[T], device: torch.device, e
     """Yield ``(item, fn(item))`` in order, computing ``fn`` of the next item while the caller works.
 
     With ``enabled`` False this is a plain loop. Otherwise ``fn`` runs in one
-    worker thread (under ``torch.no_grad``; on CUDA on a side stream that is
-    synchronised before its result is handed over, and whose device tensors
-    are marked as used by the caller's stream so that the allocator does not
-    recycle them early). At most one item is computed ahead. An exception in
+    worker thread (under ``torch.no_grad``). On CUDA it runs on a side stream
+    that first waits for everything the caller's stream had queued when this
+    generator started (the items' device tensors may still be in flight), is
+    synchronised before a result is handed over, and whose result tensors are
+    marked as used by the caller's stream, so that the allocator does not
+    recycle them early. At most one item is computed ahead. An exception in
     ``fn`` is raised in the caller when it reaches that item.
     """
     if not enabled:
         for item in items:
             yield item, fn(item)
         return
-    stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+    stream = consumer = ready = None
+    if device.type == "cuda":
+        stream = torch.cuda.Stream(device)
+        consumer = torch.cuda.current_stream(device)
+        ready = torch.cuda.Event()
+        ready.record(consumer)
 
     def run(item: T) -> R:
         ctx = torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
         with torch.no_grad(), ctx:
+            if stream is not None:
+                stream.wait_event(ready)
             out = fn(item)
         if stream is not None:
             stream.synchronize()
@@ -76,8 +85,7 @@ def prefetched(fn: Callable[[T], R], items: Iterable[T], device: torch.device, e
                 pending = (nxt, pool.submit(run, nxt))
                 break
             result = future.result()
-            if stream is not None:
-                consumer = torch.cuda.current_stream(device)
+            if consumer is not None:
                 for t in _tensors(result):
                     if t.is_cuda:
                         t.record_stream(consumer)
