@@ -125,6 +125,7 @@ def test_flat_name_is_bundle_folder_and_stem() -> None:
     assert flat_name(Path("/x/erase.rcc"), "gcompris/src/activities/erase/resource/hidden cat.webp", "gc_") == \
         "gc_erase_resource_hidden_cat.webp"
     assert flat_name(Path("b.rcc"), "README") == "b__README"
+    assert flat_name(Path("b.rcc"), "d/x/..\\evil\x00é.png") == "b_x_.._evil__.png"
 
 
 def test_extract_photos_keeps_only_large_enough_rgb_images(tmp_path: Path) -> None:

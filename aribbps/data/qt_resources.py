@@ -15,6 +15,7 @@ Every read is bounds-checked: a damaged bundle raises :class:`RccError`.
 from __future__ import annotations
 
 import io
+import re
 import struct
 import zlib
 from collections.abc import Iterator
@@ -108,10 +109,12 @@ def _inflate(blob: bytes, where: str) -> bytes:
 
 
 def flat_name(bundle: Path, entry: str, prefix: str = "") -> str:
-    """``{prefix}{bundle stem}_{entry's folder}_{entry's stem}{suffix}``, spaces as ``_``.
+    """``{prefix}{bundle stem}_{entry's folder}_{entry's stem}{suffix}``.
 
-    The corpus builder names patches (and seeds their draws) by photo name,
-    so the same bundle always gives the same names.
+    Every character outside ``A-Za-z0-9._-`` becomes ``_`` (so a name from
+    the bundle can hold no path separator or NUL). The corpus builder names
+    patches (and seeds their draws) by photo name, so the same bundle always
+    gives the same names.
     """
     parts = entry.split("/")
     folder = parts[-2] if len(parts) > 1 else ""
@@ -119,7 +122,7 @@ def flat_name(bundle: Path, entry: str, prefix: str = "") -> str:
     if not dot:
         stem, suffix = parts[-1], ""
     name = f"{prefix}{bundle.stem}_{folder}_{stem}" + (f".{suffix}" if dot else "")
-    return name.replace(" ", "_")
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name)
 
 
 def extract_photos(
