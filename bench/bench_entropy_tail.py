@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from timing import append_result, time_ms
+from timing import append_result, synced, time_ms
 import torch
 
 # As a script (python bench/...), put the checkout first on the path: the repository's
@@ -107,16 +107,6 @@ def make_step(batch: int = BATCH, size: int = 64, seed: int = 0):
     return net, (2, 4, context, plane_bits(x, 2), valid, latent)
 
 
-def _synced(fn: Callable, *args) -> Callable[[], object]:
-    @torch.no_grad()
-    def run() -> object:
-        out = fn(*args)
-        if CUDA:
-            torch.cuda.synchronize()
-        return out
-    return run
-
-
 def _check_probs(name: str, q: torch.Tensor, q_ref: torch.Tensor) -> None:
     """Quantised probabilities: at most one step apart, and on well under 0.1% of values."""
     diff = (q.int() - q_ref.int()).abs()
@@ -136,21 +126,21 @@ def _bench_proj(benchmark, name: str) -> None:
     args = make_proj_inputs()
     fn = proj_contenders()[name]
     torch.testing.assert_close(fn(*args), entropy_proj_ref(*args), rtol=1e-4, atol=1e-4)
-    _pedantic(benchmark, _synced(fn, *args))
+    _pedantic(benchmark, synced(fn, *args))
 
 
 def _bench_tail(benchmark, name: str) -> None:
     args = make_tail_inputs()
     fn = tail_contenders()[name]
     _check_probs(name, fn(*args), entropy_tail_ref(*args))
-    _pedantic(benchmark, _synced(fn, *args))
+    _pedantic(benchmark, synced(fn, *args))
 
 
 def _bench_step(benchmark, path: str) -> None:
     net, args = make_step()
     with torch.no_grad():
         _check_probs(path, dispatch.step_probs7(net, *args, path=path), dispatch.step_probs7(net, *args, path="torch"))
-    _pedantic(benchmark, _synced(lambda: dispatch.step_probs7(net, *args, path=path)))
+    _pedantic(benchmark, synced(lambda: dispatch.step_probs7(net, *args, path=path)))
 
 
 needs_cuda = pytest.mark.skipif(not (CUDA and HAS_TRITON), reason=NO_CUDA)
@@ -224,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
             if fn is None:
                 print(f"{group}/{name}: skipped ({NO_CUDA})")
                 continue
-            rows[name] = time_ms(_synced(fn, *inputs), args.repeats)
+            rows[name] = time_ms(synced(fn, *inputs), args.repeats)
         base = rows.get("torch_ref", rows.get("torch"))[1]
         for name, (p20, p50, p80) in rows.items():
             print(f"{group:>13}/{name:<14} p50 {p50:9.3f} ms  (p20 {p20:.3f}, p80 {p80:.3f})  "

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from timing import append_result, time_ms
+from timing import append_result, synced, time_ms
 import torch
 
 # As a script (python bench/...), put the checkout first on the path: the repository's
@@ -69,15 +69,6 @@ def contenders() -> dict[str, Callable]:
     }
 
 
-def _synced(fn: Callable, *args) -> Callable[[], object]:
-    def run() -> object:
-        out = fn(*args)
-        if CUDA:
-            torch.cuda.synchronize()
-        return out
-    return run
-
-
 def _check(name: str, fn: Callable, args) -> None:
     out = fn(*args)
     ref = lattice_conv_ref(*args[:3], STEP, args[3])
@@ -90,7 +81,7 @@ def _bench(benchmark, name: str) -> None:
     _check(name, fn, args)
     benchmark.extra_info.update({"device": torch.cuda.get_device_name() if CUDA else platform.processor(),
                                  "shape": list(args[0].shape), "out_channels": args[1].shape[0]})
-    benchmark.pedantic(_synced(fn, *args), warmup_rounds=3, rounds=30 if CUDA else 5, iterations=1)
+    benchmark.pedantic(synced(fn, *args), warmup_rounds=3, rounds=30 if CUDA else 5, iterations=1)
 
 
 @pytest.mark.benchmark(group=GROUP)
@@ -131,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:>14}: skipped ({NO_CUDA})")
             continue
         _check(name, fn, inputs)
-        rows[name] = time_ms(_synced(fn, *inputs), args.repeats)
+        rows[name] = time_ms(synced(fn, *inputs), args.repeats)
     base = rows["torch_ref"][1]
     for name, (p20, p50, p80) in rows.items():
         print(f"{name:>14}: p50 {p50:8.3f} ms  (p20 {p20:.3f}, p80 {p80:.3f})  x{base / p50:.2f} vs torch_ref")

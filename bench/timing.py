@@ -22,6 +22,19 @@ def time_ms(fn: Callable[[], object], repeats: int) -> tuple[float, float, float
     return float(p20), float(p50), float(p80)
 
 
+def synced(fn: Callable, *args: object) -> Callable[[], object]:
+    """``fn(*args)`` without autograd, waiting for the GPU (if any) before it returns, for timing."""
+    import torch
+
+    @torch.no_grad()
+    def run() -> object:
+        out = fn(*args)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        return out
+    return run
+
+
 def append_result(path: Path, record: dict) -> None:
     """Appends one JSON line to a results file (long format: old rows are kept)."""
     path.parent.mkdir(parents=True, exist_ok=True)
