@@ -17,9 +17,9 @@ from aribbps.container import decode_archive, read_archive
 from aribbps.imageio import load_image
 from aribbps.models import build_nets
 from aribbps.train import FinetuneObjective, QpList, QpListError, build_objective, read_qp_list
-from aribbps.train.__main__ import main
 from aribbps.weights import load_model, save_model, state_tensors
 from aribbps.zoo import load
+from tests.test_train import _exit_code
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "samples"
@@ -33,14 +33,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    try:
-        code = main(argv)
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    return code, capsys.readouterr().err
 
 
 def _qp_model(path: Path) -> Path:
@@ -102,7 +94,7 @@ def test_generate_finetune_matches_the_codecs_choice_by_name(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     folder, images = qp_data
-    code, err = _run(["generate-finetune", "--data_dir", str(folder), "--model", str(qp_model),
+    code, err = _exit_code(["generate-finetune", "--data_dir", str(folder), "--model", str(qp_model),
                       "--batch_size", "3", "-q"], capsys)
     assert code == 0, err
     stored = json.loads((folder / "qp_list.json").read_text())
@@ -119,7 +111,7 @@ def test_generate_finetune_matches_the_codecs_choice_by_name(
     new_names = {old: f"{chr(ord('z') - i)}_{i * 7 % 5}.png" for i, old in enumerate(sorted(images))}
     for old, new in new_names.items():
         shutil.copy(folder / old, renamed / new)
-    code, err = _run(["generate-finetune", "--data-dir", str(renamed), "--model", str(qp_model),
+    code, err = _exit_code(["generate-finetune", "--data-dir", str(renamed), "--model", str(qp_model),
                       "--data-dst", str(tmp_path / "out"), "--qp-path", "sub/list.json", "-q"], capsys)
     assert code == 0, err
     moved = read_qp_list(tmp_path / "out" / "sub" / "list.json").qp
@@ -157,14 +149,14 @@ def test_generate_finetune_cifar10_writes_pngs_and_names(qp_model: Path, tmp_pat
         with open(batches / name, "wb") as f:
             pickle.dump({b"data": rng.integers(0, 256, (2, 3072), dtype=np.uint8), b"labels": [0, 1]}, f)
     # Without --data_dst: keyed by the batch names (train with --dataset_type cifar10).
-    code, err = _run(["generate-finetune", "--dataset_type", "cifar10", "--data_dir", str(batches),
+    code, err = _exit_code(["generate-finetune", "--dataset_type", "cifar10", "--data_dir", str(batches),
                       "--model", str(qp_model), "-q"], capsys)
     assert code == 0, err
     keys = sorted(read_qp_list(batches / "qp_list.json").qp)
     assert keys == [f"data_batch_{i}/{j:05d}" for i in range(1, 6) for j in range(2)]  # training split only
     # With --data_dst: PNGs + a list keyed by their names (an imagefolder).
     dst = tmp_path / "dst"
-    code, err = _run(["generate-finetune", "--dataset_type", "cifar10", "--data_dir", str(batches),
+    code, err = _exit_code(["generate-finetune", "--dataset_type", "cifar10", "--data_dir", str(batches),
                       "--model", str(qp_model), "--data_dst", str(dst)], capsys)
     assert code == 0, err
     listed = read_qp_list(dst / "qp_list.json").qp
@@ -177,7 +169,7 @@ def test_generate_finetune_cifar10_writes_pngs_and_names(qp_model: Path, tmp_pat
 
 def test_generate_finetune_refuses_a_model_without_latent(model_file: Path, qp_data, tmp_path: Path,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
-    code, err = _run(["generate-finetune", "--data_dir", str(qp_data[0]), "--model", str(model_file),
+    code, err = _exit_code(["generate-finetune", "--data_dir", str(qp_data[0]), "--model", str(model_file),
                       "--data_dst", str(tmp_path)], capsys)
     assert code == 2 and "no latent model" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "qp_list.json").exists()
@@ -235,14 +227,14 @@ def test_finetune_trains_and_exports_a_model_that_round_trips(
     folder, images = qp_data
     data = tmp_path / "data"
     shutil.copytree(folder, data)
-    code, err = _run(["generate-finetune", "--data_dir", str(data), "--model", str(qp_model), "-q"], capsys)
+    code, err = _exit_code(["generate-finetune", "--data_dir", str(data), "--model", str(qp_model), "-q"], capsys)
     assert code == 0, err
     run = tmp_path / "run"
     # Mixed sizes: train on random 8x8 crops (each with its image's qp); validate on 2 images.
     argv = ["--mode", "finetune", "--init", str(qp_model), "--qp_path", "qp_list.json", "--data_dir", str(data),
             "--save_dir", str(run), "--random-crop", "8", "--valid_num", "2", "--batch_size", "2",
             "--num_iters", "4", "--log_interval", "2", "--valid_interval", "2", "--lr", "1e-3", "--device", "cpu"]
-    code, err = _run(argv, capsys)
+    code, err = _exit_code(argv, capsys)
     assert code == 0, err
     log = (run / "train.log").read_text()
     assert "mode=finetune" in log and log.count("valid ") >= 2
@@ -264,7 +256,7 @@ def test_finetune_trains_and_exports_a_model_that_round_trips(
     # An image the list lacks: one-line error naming it, before any step.
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(data / "img_new.png")
     argv[argv.index("--save_dir") + 1] = str(tmp_path / "run2")
-    code, err = _run(argv, capsys)
+    code, err = _exit_code(argv, capsys)
     assert code == 2 and "no entry for image 'img_new.png'" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "run2").exists()
 
@@ -273,7 +265,7 @@ def test_finetune_trains_and_exports_a_model_that_round_trips(
     subset.mkdir()
     for name in sorted(images)[:4]:
         shutil.copy(data / name, subset / name)
-    code, err = _run(["--mode", "finetune", "--init", str(qp_model), "--qp_path", str(data / "qp_list.json"),
+    code, err = _exit_code(["--mode", "finetune", "--init", str(qp_model), "--qp_path", str(data / "qp_list.json"),
                       "--data_dir", str(subset), "--save_dir", str(tmp_path / "run3"), "--random-crop", "8",
                       "--batch_size", "2", "--num_iters", "1", "--device", "cpu"], capsys)
     assert code == 0, err
@@ -290,7 +282,7 @@ def test_finetune_trains_and_exports_a_model_that_round_trips(
 def test_finetune_option_errors(extra: list[str], message: str, qp_model: Path, qp_data, tmp_path: Path,
                                 capsys: pytest.CaptureFixture[str]) -> None:
     extra = [str(qp_model) if e == "MODEL" else e for e in extra]
-    code, err = _run(["--mode", "finetune", "--config", "tiny", "--data_dir", str(qp_data[0]),
+    code, err = _exit_code(["--mode", "finetune", "--config", "tiny", "--data_dir", str(qp_data[0]),
                       "--save_dir", str(tmp_path / "run"), *extra], capsys)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
