@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from aribbps.models import build_nets
 from aribbps.train import FinetuneObjective, QpList, QpListError, build_objective, read_qp_list
 from aribbps.weights import load_model, save_model, state_tensors
 from aribbps.zoo import load
-from tests.test_train import _exit_code
+from tests.test_train import _exit_code, write_cifar_batches
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "samples"
@@ -140,14 +141,7 @@ def test_generate_finetune_matches_the_codecs_choice_by_name(
 
 def test_generate_finetune_cifar10_writes_pngs_and_names(qp_model: Path, tmp_path: Path,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
-    import pickle
-
-    batches = tmp_path / "cifar"
-    batches.mkdir()
-    rng = np.random.default_rng(0)
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        with open(batches / name, "wb") as f:
-            pickle.dump({b"data": rng.integers(0, 256, (2, 3072), dtype=np.uint8), b"labels": [0, 1]}, f)
+    batches = write_cifar_batches(tmp_path / "cifar")
     # Without --data_dst: keyed by the batch names (train with --dataset_type cifar10).
     code, err = _exit_code(["generate-finetune", "--dataset_type", "cifar10", "--data_dir", str(batches),
                       "--model", str(qp_model), "-q"], capsys)

@@ -307,13 +307,18 @@ def test_two_process_ddp_on_cpu(launcher: str, mode: str, config: str, images: P
     assert log.count("# aribbps.train") == 1 and "processes=2" in log and "batch=2x2" in log
 
 
-def test_cifar10_batches_train(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    folder = tmp_path / "cifar-10-batches-py"
+def write_cifar_batches(folder: Path) -> Path:
+    """A fake CIFAR-10 python-batches folder: data_batch_1..5 and test_batch, 2 random images each."""
     folder.mkdir()
     rng = np.random.default_rng(0)
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         with open(folder / name, "wb") as f:
             pickle.dump({b"data": rng.integers(0, 256, (2, 3072), dtype=np.uint8), b"labels": [0, 1]}, f)
+    return folder
+
+
+def test_cifar10_batches_train(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_cifar_batches(tmp_path / "cifar-10-batches-py")
     code, err = _exit_code([
         "--mode", "ins", "--config", "tiny-context", "--dataset_type", "cifar10", "--data_dir", str(tmp_path),
         "--save_dir", str(tmp_path / "run"), "--valid_num", "2", "--batch_size", "2", "--num_iters", "2",
