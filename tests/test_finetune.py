@@ -96,7 +96,7 @@ def test_generate_finetune_matches_the_codecs_choice_by_name(
 ) -> None:
     folder, images = qp_data
     code, err = _exit_code(["generate-finetune", "--data_dir", str(folder), "--model", str(qp_model),
-                      "--batch_size", "3", "-q"], capsys)
+                             "--batch_size", "3", "-q"], capsys)
     assert code == 0, err
     stored = json.loads((folder / "qp_list.json").read_text())
     assert stored["format"] == "aribbps-qp-list" and stored["model"] == "tiny"
@@ -113,7 +113,7 @@ def test_generate_finetune_matches_the_codecs_choice_by_name(
     for old, new in new_names.items():
         shutil.copy(folder / old, renamed / new)
     code, err = _exit_code(["generate-finetune", "--data-dir", str(renamed), "--model", str(qp_model),
-                      "--data-dst", str(tmp_path / "out"), "--qp-path", "sub/list.json", "-q"], capsys)
+                             "--data-dst", str(tmp_path / "out"), "--qp-path", "sub/list.json", "-q"], capsys)
     assert code == 0, err
     moved = read_qp_list(tmp_path / "out" / "sub" / "list.json").qp
     assert moved == {new_names[old]: q for old, q in qp.items()}
@@ -144,14 +144,14 @@ def test_generate_finetune_cifar10_writes_pngs_and_names(qp_model: Path, tmp_pat
     batches = write_cifar_batches(tmp_path / "cifar")
     # Without --data_dst: keyed by the batch names (train with --dataset_type cifar10).
     code, err = _exit_code(["generate-finetune", "--dataset_type", "cifar10", "--data_dir", str(batches),
-                      "--model", str(qp_model), "-q"], capsys)
+                             "--model", str(qp_model), "-q"], capsys)
     assert code == 0, err
     keys = sorted(read_qp_list(batches / "qp_list.json").qp)
     assert keys == [f"data_batch_{i}/{j:05d}" for i in range(1, 6) for j in range(2)]  # training split only
     # With --data_dst: PNGs + a list keyed by their names (an imagefolder).
     dst = tmp_path / "dst"
     code, err = _exit_code(["generate-finetune", "--dataset_type", "cifar10", "--data_dir", str(batches),
-                      "--model", str(qp_model), "--data_dst", str(dst)], capsys)
+                             "--model", str(qp_model), "--data_dst", str(dst)], capsys)
     assert code == 0, err
     listed = read_qp_list(dst / "qp_list.json").qp
     assert sorted(listed) == [f"{k}.png" for k in keys]
@@ -164,7 +164,7 @@ def test_generate_finetune_cifar10_writes_pngs_and_names(qp_model: Path, tmp_pat
 def test_generate_finetune_refuses_a_model_without_latent(model_file: Path, qp_data, tmp_path: Path,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     code, err = _exit_code(["generate-finetune", "--data_dir", str(qp_data[0]), "--model", str(model_file),
-                      "--data_dst", str(tmp_path)], capsys)
+                             "--data_dst", str(tmp_path)], capsys)
     assert code == 2 and "no latent model" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "qp_list.json").exists()
 
@@ -260,8 +260,8 @@ def test_finetune_trains_and_exports_a_model_that_round_trips(
     for name in sorted(images)[:4]:
         shutil.copy(data / name, subset / name)
     code, err = _exit_code(["--mode", "finetune", "--init", str(qp_model), "--qp_path", str(data / "qp_list.json"),
-                      "--data_dir", str(subset), "--save_dir", str(tmp_path / "run3"), "--random-crop", "8",
-                      "--batch_size", "2", "--num_iters", "1", "--device", "cpu"], capsys)
+                             "--data_dir", str(subset), "--save_dir", str(tmp_path / "run3"), "--random-crop", "8",
+                             "--batch_size", "2", "--num_iters", "1", "--device", "cpu"], capsys)
     assert code == 0, err
 
 
@@ -277,7 +277,7 @@ def test_finetune_option_errors(extra: list[str], message: str, qp_model: Path, 
                                 capsys: pytest.CaptureFixture[str]) -> None:
     extra = [str(qp_model) if e == "MODEL" else e for e in extra]
     code, err = _exit_code(["--mode", "finetune", "--config", "tiny", "--data_dir", str(qp_data[0]),
-                      "--save_dir", str(tmp_path / "run"), *extra], capsys)
+                             "--save_dir", str(tmp_path / "run"), *extra], capsys)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
 
