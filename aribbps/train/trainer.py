@@ -57,6 +57,7 @@ from aribbps.datasets import (
 )
 from aribbps.errors import AribError, ModelLoadError
 from aribbps.models import BitPlaneNet, build_nets
+from aribbps.models.deepen import deepen, deepening_problem
 from aribbps.train.finetune import QpList, read_qp_list, resolve_qp_path
 from aribbps.train.objectives import (
     NEEDS_QP_LIST,
@@ -362,8 +363,14 @@ def _resolve_model(
             )
         return stored, None
     if opts.init is not None:
-        cfg, sig, ins, _ = load_model(opts.init, given)
-        return cfg, (sig, ins)
+        cfg, sig, ins, _ = load_model(opts.init)
+        if given is None or given == cfg:
+            return cfg, (sig, ins)
+        problem = deepening_problem(cfg, given)
+        if problem is not None:
+            raise ValueError(f"--config {opts.config!r} does not fit --init {opts.init!r} (config {cfg.name!r}): "
+                             f"{problem}")
+        return given, deepen(cfg, (sig, ins), given, opts.seed)
     assert given is not None
     return given, None
 
