@@ -1,21 +1,25 @@
 """The ``.arib`` container: header, image records and lane streams, as bytes.
 
 This module knows bytes and plain Python values only: no tensors, no codec.
-The byte layout is specified in ``docs/format.md``; in short (all integers
-little-endian)::
+The byte layout is specified in ``docs/format.md``. Version 2, which this
+module writes, in short (integers little-endian, ``varint`` = LEB128)::
 
     +----------+--------------------------------------------------------+
-    | prologue | "ARIB", u16 version, u16 flags, u32 header size H,     |
-    | 16 bytes | u32 CRC32 of (prologue bytes 0..11 + header)           |
+    | prologue | "ARIB", u16 version, varint header size H              |
     +----------+--------------------------------------------------------+
-    | header   | weights sha256 (32), u32 images N, u32 lanes L,        |
-    | H bytes  | u32 metadata size M, u8 metadata codec,                |
-    |          | L x (u64 stream length, u32 stream CRC32),             |
+    | header   | model id (first 8 bytes of the weights' sha256),       |
+    | H bytes  | varint images N, varint lanes L, u8 metadata codec,    |
+    |          | varint metadata size M, L x varint stream length,      |
     |          | N x 8-byte pixel checksum, metadata (M bytes)          |
     +----------+--------------------------------------------------------+
     | streams  | lane 0 | lane 1 | ... | lane L-1                       |
     +----------+--------------------------------------------------------+
+    | u32 CRC32 of every byte before it                                 |
+    +-------------------------------------------------------------------+
 
+It is version 1 (still read) with the fixed-size fields made varints, one
+CRC for the whole file instead of one per part and an 8-byte model id: a
+one-image file is 48 bytes smaller, which matters for 32x32 images.
 The metadata (names, formats, sizes, codec ``extra`` dicts) is a compact
 binary table, zlib-compressed when that is smaller. :func:`decode_archive`
 treats its input as hostile: every length is checked against the bytes that
@@ -37,9 +41,9 @@ from .errors import ArchiveError, ModelMismatchError
 
 MAGIC = b"ARIB"
 #: The version this module writes.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 #: The versions this module reads.
-READABLE_VERSIONS: tuple[int, ...] = (1,)
+READABLE_VERSIONS: tuple[int, ...] = (1, 2)
 
 #: Enumerations stored as one byte: the code is the index in the tuple.
 CODING_MODES: tuple[str, ...] = ("context", "single", "dataset")
@@ -48,6 +52,9 @@ KERNEL_PATHS: tuple[str, ...] = ("torch", "triton")
 IMAGE_MODES: tuple[str, ...] = ("L", "LA", "RGB", "RGBA")
 
 HASH_SIZE = 32
+#: Version 2 identifies the weights by the first bytes of their sha256: an
+#: accidental match between two models is a 2^-64 event.
+MODEL_ID_SIZE = 8
 CHECKSUM_SIZE = 8
 
 # Sanity limits: a reader refuses anything above them, a writer never writes it.
@@ -61,11 +68,17 @@ _META_LIMIT_BASE = 1 << 20
 _META_LIMIT_PER_IMAGE = 1 << 10
 _META_LIMIT_MAX = 1 << 28
 
-_PROLOGUE = struct.Struct("<4sHHII")  # magic, version, flags, header size, header crc
-_HEADER_FIXED = struct.Struct("<32sIIIB")  # hash, images, lanes, meta size, meta codec
-_LANE_ENTRY = struct.Struct("<QI")  # stream length, stream crc32
+_START = struct.Struct("<4sH")  # magic, version: the same in every version
+_CRC = struct.Struct("<I")
 _META_STORED, _META_ZLIB = 0, 1
-_KNOWN_FLAGS = 0  # version 1 defines no flag
+#: Smallest version-2 file: prologue with a 1-byte header size, model id,
+#: four 1-byte counts and the CRC.
+_V2_MIN_SIZE = _START.size + 1 + MODEL_ID_SIZE + 4 + _CRC.size
+# Version 1 only.
+_V1_PROLOGUE = struct.Struct("<4sHHII")  # magic, version, flags, header size, header crc
+_V1_HEADER_FIXED = struct.Struct("<32sIIIB")  # hash, images, lanes, meta size, meta codec
+_V1_LANE_ENTRY = struct.Struct("<QI")  # stream length, stream crc32
+_V1_KNOWN_FLAGS = 0  # version 1 defines no flag
 
 
 @dataclass
@@ -96,7 +109,9 @@ class Archive:
 
     Attributes:
         model_name: name of the model config the encoder used.
-        model_hash: sha256 of the model weights, 32 raw bytes.
+        model_hash: sha256 of the model weights, 32 raw bytes, or its first
+            :data:`MODEL_ID_SIZE` bytes (all that version 2 stores, so what a
+            read version-2 file holds). The writer stores the first 8.
         mode: coding mode, one of :data:`CODING_MODES`.
         lanes: number of lanes (= ``len(lane_streams)``).
         tile_size: tile side used by the encoder, 0 for no tiling.
@@ -231,8 +246,9 @@ def _encode_meta(a: Archive) -> bytes:
 
 def _check_archive(a: Archive) -> None:
     _check_short_str(a.model_name, "model_name")
-    if not isinstance(a.model_hash, (bytes, bytearray)) or len(a.model_hash) != HASH_SIZE:
-        raise ValueError(f"model_hash must be {HASH_SIZE} raw bytes (sha256), got {a.model_hash!r}")
+    if not isinstance(a.model_hash, (bytes, bytearray)) or len(a.model_hash) not in (HASH_SIZE, MODEL_ID_SIZE):
+        raise ValueError(f"model_hash must be {HASH_SIZE} raw bytes (sha256) or their first "
+                         f"{MODEL_ID_SIZE}, got {a.model_hash!r}")
     if not isinstance(a.tile_size, int) or not 0 <= a.tile_size <= MAX_SIDE:
         raise ValueError(f"tile_size must be an int in 0..{MAX_SIDE}, got {a.tile_size!r}")
     if not isinstance(a.lanes, int) or not 1 <= a.lanes <= MAX_LANES:
@@ -245,26 +261,28 @@ def _check_archive(a: Archive) -> None:
         _check_record(i, r)
 
 
-def _encode_head(a: Archive, streams: list[bytes]) -> bytes:
-    """Prologue + header: everything in front of the lane streams."""
-    _check_archive(a)
+def _packed_meta(a: Archive) -> tuple[int, bytes]:
+    """(metadata codec, metadata as stored): zlib where that is smaller."""
     meta = _encode_meta(a)
     if len(meta) > _meta_limit(len(a.images)):
         raise ValueError(f"metadata is {len(meta)} bytes, more than the "
                          f"{_meta_limit(len(a.images))} a reader accepts; shrink the extra dicts")
     packed = zlib.compress(meta, 9)
-    codec, meta_bytes = (_META_ZLIB, packed) if len(packed) < len(meta) else (_META_STORED, meta)
+    return (_META_ZLIB, packed) if len(packed) < len(meta) else (_META_STORED, meta)
+
+
+def _encode_head(a: Archive, streams: list[bytes]) -> bytes:
+    """Prologue + header: everything in front of the lane streams."""
+    _check_archive(a)
+    codec, meta_bytes = _packed_meta(a)
     header = b"".join([
-        _HEADER_FIXED.pack(bytes(a.model_hash), len(a.images), a.lanes, len(meta_bytes), codec),
-        *(_LANE_ENTRY.pack(len(s), zlib.crc32(s)) for s in streams),
+        bytes(a.model_hash[:MODEL_ID_SIZE]),
+        _varint(len(a.images)), _varint(a.lanes), bytes([codec]), _varint(len(meta_bytes)),
+        *(_varint(len(s)) for s in streams),
         *(bytes(r.checksum) for r in a.images),
         meta_bytes,
     ])
-    if len(header) > 0xFFFFFFFF:
-        raise ValueError(f"header of {len(header)} bytes does not fit the u32 header size")
-    start = struct.pack("<4sHHI", MAGIC, FORMAT_VERSION, _KNOWN_FLAGS, len(header))
-    crc = zlib.crc32(header, zlib.crc32(start))
-    return start + struct.pack("<I", crc) + header
+    return _START.pack(MAGIC, FORMAT_VERSION) + _varint(len(header)) + header
 
 
 def _streams(a: Archive) -> list[bytes]:
@@ -279,12 +297,13 @@ def _streams(a: Archive) -> list[bytes]:
 def encode_archive(a: Archive) -> bytes:
     """Serialise ``a``. Raises ValueError (quoting the value) if a field is invalid."""
     streams = _streams(a)
-    return _encode_head(a, streams) + b"".join(streams)
+    body = _encode_head(a, streams) + b"".join(streams)
+    return body + _CRC.pack(zlib.crc32(body))
 
 
 def fixed_overhead_bytes(a: Archive) -> int:
     """Size of ``a``'s container minus its lane streams: what the format costs."""
-    return len(_encode_head(a, _streams(a)))
+    return len(_encode_head(a, _streams(a))) + _CRC.size
 
 
 def write_archive(path: StrPath, a: Archive) -> Path:
@@ -427,8 +446,47 @@ def _truncated(expected: int, actual: int) -> ArchiveError:
     return ArchiveError(f"truncated: header says {expected} bytes, file has {actual}")
 
 
+def _check_total(total: int, size: int) -> None:
+    """The file must end exactly where the header says."""
+    if total > size:
+        raise _truncated(total, size)
+    if total < size:
+        raise ArchiveError(f"corrupted: {size - total} unexpected bytes after the last "
+                           f"lane stream (header says {total} bytes, file has {size})")
+
+
+def _check_counts(n_images: int, n_lanes: int, meta_codec: int) -> None:
+    """Bounds on the header's counts, before any table is read."""
+    if not 1 <= n_lanes <= MAX_LANES:
+        raise ArchiveError(f"corrupted: lane count {n_lanes} outside 1..{MAX_LANES}")
+    if n_images > MAX_IMAGES:
+        raise ArchiveError(f"corrupted: image count {n_images} above {MAX_IMAGES}")
+    if meta_codec not in (_META_STORED, _META_ZLIB):
+        raise ArchiveError(f"corrupted: unknown metadata codec {meta_codec}")
+
+
+def _metadata(meta_blob: memoryview, meta_codec: int, n_images: int, checksums: memoryview) -> dict[str, Any]:
+    """The decoded metadata table: decompressed within its bound, then parsed."""
+    limit = _meta_limit(n_images)
+    if meta_codec == _META_ZLIB:
+        meta = _inflate(meta_blob, limit)
+    elif len(meta_blob) > limit:
+        raise ArchiveError(f"corrupted: metadata of {len(meta_blob)} bytes is above {limit}")
+    else:
+        meta = bytes(meta_blob)
+    return _decode_meta(meta, n_images, checksums)
+
+
+def _split_streams(view: memoryview, offset: int, lengths: list[int]) -> list[bytes]:
+    streams = []
+    for length in lengths:
+        streams.append(bytes(view[offset:offset + length]))
+        offset += length
+    return streams
+
+
 def decode_archive(data: bytes | bytearray | memoryview) -> Archive:
-    """Parse and verify an ``.arib`` file held in memory.
+    """Parse and verify an ``.arib`` file (version 1 or 2) held in memory.
 
     Raises:
         ArchiveError: not an ``.arib`` file, an unsupported version or flag,
@@ -440,66 +498,83 @@ def decode_archive(data: bytes | bytearray | memoryview) -> Archive:
     head = bytes(view[:len(MAGIC)])
     if head != MAGIC[:len(head)] or size == 0:
         raise ArchiveError("not an .arib file (bad magic)")
-    if size < _PROLOGUE.size:
-        raise ArchiveError(f"truncated: file has {size} bytes, "
-                           f"an .arib file has at least {_PROLOGUE.size}")
-    _, version, flags, header_size, header_crc = _PROLOGUE.unpack(view[:_PROLOGUE.size])
+    if size < _START.size:
+        raise ArchiveError(f"truncated: file has {size} bytes, an .arib file has at least {_V2_MIN_SIZE}")
+    _, version = _START.unpack(view[:_START.size])
     if version not in READABLE_VERSIONS:
         readable = ", ".join(str(v) for v in READABLE_VERSIONS)
         raise ArchiveError(f"unsupported format version {version} "
-                           f"(this aribbps reads version {readable})")
-    header_end = _PROLOGUE.size + header_size
+                           f"(this aribbps reads versions {readable})")
+    return _decode_v1(view) if version == 1 else _decode_v2(view)
+
+
+def _decode_v2(view: memoryview) -> Archive:
+    """Version 2: the header is parsed (bounds-checked) to learn the file's size,
+    then the whole-file CRC is verified before the metadata is decoded."""
+    size = len(view)
+    if size < _V2_MIN_SIZE:
+        raise ArchiveError(f"truncated: file has {size} bytes, an .arib file has at least {_V2_MIN_SIZE}")
+    r = _Reader(view[_START.size:], "header")
+    header_size = r.varint()
+    header_start = _START.size + r.pos
+    header_end = header_start + header_size
+    if header_end + _CRC.size > size:
+        raise _truncated(header_end + _CRC.size, size)
+    r = _Reader(view[header_start:header_end], "header")
+    model_id = bytes(r.take(MODEL_ID_SIZE))
+    n_images, n_lanes = r.varint(), r.varint()
+    meta_codec = r.u8()
+    meta_size = r.varint()
+    _check_counts(n_images, n_lanes, meta_codec)
+    lengths = [r.varint() for _ in range(n_lanes)]
+    checksums = r.take(n_images * CHECKSUM_SIZE)
+    meta_blob = r.take(meta_size)
+    r.finish()
+    _check_total(header_end + sum(lengths) + _CRC.size, size)
+    (crc,) = _CRC.unpack(view[size - _CRC.size:])
+    if zlib.crc32(view[:size - _CRC.size]) != crc:
+        raise ArchiveError("corrupted: checksum mismatch")
+    fields = _metadata(meta_blob, meta_codec, n_images, checksums)
+    return Archive(model_hash=model_id, lanes=n_lanes,
+                   lane_streams=_split_streams(view, header_end, lengths), **fields)
+
+
+def _decode_v1(view: memoryview) -> Archive:
+    """Version 1: a header CRC in the prologue, fixed-size counts, a CRC per lane."""
+    size = len(view)
+    if size < _V1_PROLOGUE.size:
+        raise ArchiveError(f"truncated: file has {size} bytes, "
+                           f"a version 1 .arib file has at least {_V1_PROLOGUE.size}")
+    _, version, flags, header_size, header_crc = _V1_PROLOGUE.unpack(view[:_V1_PROLOGUE.size])
+    header_end = _V1_PROLOGUE.size + header_size
     if header_end > size:
         raise _truncated(header_end, size)
-    header = view[_PROLOGUE.size:header_end]
+    header = view[_V1_PROLOGUE.size:header_end]
     if zlib.crc32(header, zlib.crc32(view[:12])) != header_crc:
         raise ArchiveError("corrupted: header checksum mismatch")
-    if flags & ~_KNOWN_FLAGS:
+    if flags & ~_V1_KNOWN_FLAGS:
         raise ArchiveError(f"unsupported flags 0x{flags:04x}: the file uses features "
                            f"this aribbps does not know (format version {version})")
 
     r = _Reader(header, "header")
-    model_hash, n_images, n_lanes, meta_size, meta_codec = _HEADER_FIXED.unpack(
-        r.take(_HEADER_FIXED.size))
-    if not 1 <= n_lanes <= MAX_LANES:
-        raise ArchiveError(f"corrupted: lane count {n_lanes} outside 1..{MAX_LANES}")
-    if n_images > MAX_IMAGES:
-        raise ArchiveError(f"corrupted: image count {n_images} above {MAX_IMAGES}")
-    if meta_codec not in (_META_STORED, _META_ZLIB):
-        raise ArchiveError(f"corrupted: unknown metadata codec {meta_codec}")
-    expected = (_HEADER_FIXED.size + n_lanes * _LANE_ENTRY.size
+    model_hash, n_images, n_lanes, meta_size, meta_codec = _V1_HEADER_FIXED.unpack(
+        r.take(_V1_HEADER_FIXED.size))
+    _check_counts(n_images, n_lanes, meta_codec)
+    expected = (_V1_HEADER_FIXED.size + n_lanes * _V1_LANE_ENTRY.size
                 + n_images * CHECKSUM_SIZE + meta_size)
     if expected != header_size:
         raise ArchiveError(f"corrupted: header is {header_size} bytes but its counts "
                            f"({n_images} images, {n_lanes} lanes) need {expected}")
-    lane_table = [_LANE_ENTRY.unpack(r.take(_LANE_ENTRY.size)) for _ in range(n_lanes)]
-    total = header_end + sum(length for length, _ in lane_table)
-    if total > size:
-        raise _truncated(total, size)
-    if total < size:
-        raise ArchiveError(f"corrupted: {size - total} unexpected bytes after the last "
-                           f"lane stream (header says {total} bytes, file has {size})")
+    lane_table = [_V1_LANE_ENTRY.unpack(r.take(_V1_LANE_ENTRY.size)) for _ in range(n_lanes)]
+    _check_total(header_end + sum(length for length, _ in lane_table), size)
     checksums = r.take(n_images * CHECKSUM_SIZE)
     meta_blob = r.take(meta_size)
     r.finish()
-
-    limit = _meta_limit(n_images)
-    if meta_codec == _META_ZLIB:
-        meta = _inflate(meta_blob, limit)
-    elif meta_size > limit:
-        raise ArchiveError(f"corrupted: metadata of {meta_size} bytes is above {limit}")
-    else:
-        meta = bytes(meta_blob)
-    fields = _decode_meta(meta, n_images, checksums)
-
-    streams = []
-    offset = header_end
-    for i, (length, crc) in enumerate(lane_table):
-        stream = view[offset:offset + length]
+    fields = _metadata(meta_blob, meta_codec, n_images, checksums)
+    streams = _split_streams(view, header_end, [length for length, _ in lane_table])
+    for i, (stream, (_, crc)) in enumerate(zip(streams, lane_table)):
         if zlib.crc32(stream) != crc:
             raise ArchiveError(f"corrupted: lane {i} checksum mismatch")
-        streams.append(bytes(stream))
-        offset += length
     return Archive(model_hash=bytes(model_hash), lanes=n_lanes, lane_streams=streams, **fields)
 
 
@@ -523,10 +598,14 @@ def short_hash(model_hash: bytes) -> str:
 def check_model(a: Archive, model_name: str, model_hash: bytes) -> None:
     """Refuse to decode ``a`` with a model other than the one that encoded it.
 
+    ``model_hash`` is the loaded weights' full sha256; the archive may hold
+    only its first :data:`MODEL_ID_SIZE` bytes (version 2).
+
     Raises:
         ModelMismatchError: naming both models (config name + short hash).
     """
-    if a.model_name == model_name and bytes(a.model_hash) == bytes(model_hash):
+    stored = bytes(a.model_hash)
+    if a.model_name == model_name and len(stored) >= MODEL_ID_SIZE and bytes(model_hash)[:len(stored)] == stored:
         return
     raise ModelMismatchError(
         f"this archive was encoded with model '{a.model_name}' (weights "

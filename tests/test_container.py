@@ -43,7 +43,7 @@ def small_archive(n_images: int = 2, lanes: int = 2) -> Archive:
         for i in range(n_images)
     ]
     streams = [bytes([17 * k + j for j in range(3 + k)]) for k in range(lanes)]
-    return Archive("tiny", HASH_A, "single", lanes, 0, "cpu", "torch", images, streams,
+    return Archive("tiny", HASH_A[:C.MODEL_ID_SIZE], "single", lanes, 0, "cpu", "torch", images, streams,
                    {"sig_num": 4})
 
 
@@ -57,18 +57,28 @@ def example_archive() -> Archive:
     )
 
 
-def forge(*, version: int = 1, flags: int = 0, n_images: int = 0, n_lanes: int = 1,
+def forge(*, version: int = 2, flags: int = 0, n_images: int = 0, n_lanes: int = 1,
           meta: bytes = b"", meta_codec: int = 0, meta_size: int | None = None,
           lanes: list[tuple[int, int]] | None = None, checksums: bytes = b"",
           header_size: int | None = None, tail: bytes = b"") -> bytes:
-    """A file with any header content and a *valid* header CRC, to reach deep checks."""
+    """A file with any header content and *valid* CRCs, to reach deep checks.
+
+    ``lanes``: (stream length, stream CRC) per lane; version 2 has no lane
+    CRC. ``tail``: the stream bytes. ``flags`` exist in version 1 only.
+    """
     lanes = [(0, 0)] * n_lanes if lanes is None else lanes
-    header = (struct.pack("<32sIIIB", HASH_A, n_images, n_lanes,
-                          len(meta) if meta_size is None else meta_size, meta_codec)
-              + b"".join(struct.pack("<QI", n, c) for n, c in lanes) + checksums + meta)
+    msize = len(meta) if meta_size is None else meta_size
+    if version == 1:
+        header = (struct.pack("<32sIIIB", HASH_A, n_images, n_lanes, msize, meta_codec)
+                  + b"".join(struct.pack("<QI", n, c) for n, c in lanes) + checksums + meta)
+        size = len(header) if header_size is None else header_size
+        start = struct.pack("<4sHHI", b"ARIB", version, flags, size)
+        return start + struct.pack("<I", zlib.crc32(header, zlib.crc32(start))) + header + tail
+    header = (HASH_A[:C.MODEL_ID_SIZE] + C._varint(n_images) + C._varint(n_lanes) + bytes([meta_codec])
+              + C._varint(msize) + b"".join(C._varint(n) for n, _ in lanes) + checksums + meta)
     size = len(header) if header_size is None else header_size
-    start = struct.pack("<4sHHI", b"ARIB", version, flags, size)
-    return start + struct.pack("<I", zlib.crc32(header, zlib.crc32(start))) + header + tail
+    body = struct.pack("<4sH", b"ARIB", version) + C._varint(size) + header + tail
+    return body + struct.pack("<I", zlib.crc32(body))
 
 
 def meta_bytes(names: list[str], *, extra: bytes = b"\x00", widths: bytes | None = None,
@@ -111,7 +121,7 @@ def archives(draw: Any) -> Archive:
     lanes = draw(st.integers(1, 4))
     return Archive(
         draw(st.sampled_from(["tiny", "small", "cifar10", "ä-model"])),
-        draw(st.binary(min_size=32, max_size=32)),
+        draw(st.binary(min_size=C.MODEL_ID_SIZE, max_size=C.MODEL_ID_SIZE)),
         draw(st.sampled_from(C.CODING_MODES)), lanes, draw(st.integers(0, 4096)),
         draw(st.sampled_from(C.DEVICE_KINDS)), draw(st.sampled_from(C.KERNEL_PATHS)),
         draw(st.lists(records, max_size=6)),
@@ -133,7 +143,7 @@ def test_round_trip_many_images_uses_zlib_and_stays_small() -> None:
     a = small_archive(n_images=300, lanes=3)
     data = encode_archive(a)
     assert decode_archive(data) == a
-    meta_codec = data[16 + 44]
+    meta_codec = data[6 + 2 + C.MODEL_ID_SIZE + 2 + 1]  # after a 2-byte header size, N (2 bytes), L
     assert meta_codec == 1
     # 8 bytes of checksum per image plus a few for names and sizes.
     per_image = (fixed_overhead_bytes(a) - fixed_overhead_bytes(small_archive(0, 3))) / 300
@@ -177,22 +187,20 @@ def test_error_messages() -> None:
     assert f"says {len(data)} bytes, file has {len(data) - 1}" in str(e)
     expect_archive_error(data[:40], "truncated: header says")
     expect_archive_error(data + b"\x00", "unexpected bytes after the last lane stream")
-    bad = bytearray(data)
-    bad[30] ^= 1
-    expect_archive_error(bytes(bad), "^corrupted: header checksum mismatch$")
-    bad = bytearray(data)
-    bad[-1] ^= 1  # last byte of lane 3
-    expect_archive_error(bytes(bad), "^corrupted: lane 3 checksum mismatch$")
+    for i in (10, len(data) - 5, len(data) - 1):  # model id, last byte of lane 3, the CRC
+        bad = bytearray(data)
+        bad[i] ^= 1
+        expect_archive_error(bytes(bad), "^corrupted: checksum mismatch$")
     bad = bytearray(data)
     bad[4:6] = struct.pack("<H", 7)
     expect_archive_error(bytes(bad),
-                         r"^unsupported format version 7 \(this aribbps reads version 1\)$")
+                         r"^unsupported format version 7 \(this aribbps reads versions 1, 2\)$")
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=300))
 def test_random_garbage(data: bytes) -> None:
-    for prefix in (b"", b"ARIB", b"ARIB\x01\x00\x00\x00"):
+    for prefix in (b"", b"ARIB", b"ARIB\x01\x00\x00\x00", b"ARIB\x02\x00"):
         with pytest.raises(ArchiveError):
             decode_archive(prefix + data)
 
@@ -216,18 +224,23 @@ def test_mutated_metadata_with_valid_crc(data: st.DataObject) -> None:
     assert len(got.images) == 3
 
 
-def test_huge_declared_sizes_do_not_allocate() -> None:
-    cases = [
-        forge(n_images=0xFFFFFFFF),  # header size no longer matches
-        forge(n_images=0xFFFFFFFF, header_size=0xFFFFFFFF),
-        forge(n_lanes=0xFFFFFFFF, lanes=[]),
-        forge(meta_size=0xFFFFFFFF),
-        forge(lanes=[(2**64 - 1, 0)]),
-        forge(n_lanes=2, lanes=[(2**63, 0), (2**63, 0)]),
-        forge(meta=b"\xff\xff\xff\xff\xff\xff\xff\xff\x7f"),  # tile size 2^63
-        forge(n_images=1, checksums=b"\0" * 8,
-              meta=b"\x00\x01\x00\x00\x04tiny\x00" + b"\xff\xff\xff\xff\x0f"),  # name of 4 GiB
-    ]
+#: Header declarations far beyond the file's bytes (keyword arguments of :func:`forge`).
+HUGE_DECLARATIONS: list[dict[str, Any]] = [
+    {"n_images": 0xFFFFFFFF},  # more checksums than there are bytes
+    {"n_images": 0xFFFFFFFF, "header_size": 0xFFFFFFFF},
+    {"n_lanes": 0xFFFFFFFF, "lanes": []},
+    {"meta_size": 0xFFFFFFFF},
+    {"lanes": [(2**64 - 1, 0)]},
+    {"n_lanes": 2, "lanes": [(2**63, 0), (2**63, 0)]},
+    {"meta": b"\xff\xff\xff\xff\xff\xff\xff\xff\x7f"},  # tile size 2^63
+    {"n_images": 1, "checksums": b"\0" * 8,
+     "meta": b"\x00\x01\x00\x00\x04tiny\x00" + b"\xff\xff\xff\xff\x0f"},  # name of 4 GiB
+]
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_huge_declared_sizes_do_not_allocate(version: int) -> None:
+    cases = [forge(version=version, **kw) for kw in HUGE_DECLARATIONS]
     tracemalloc.start()
     try:
         for raw in cases:
@@ -285,7 +298,7 @@ def test_invalid_utf8_name_and_bad_codec_and_flags() -> None:
     expect_archive_error(forge(meta=b"\x00\x00\x00", meta_codec=1), "does not decompress")
     expect_archive_error(forge(meta=zlib.compress(b"abc")[:-2], meta_codec=1), "incomplete")
     expect_archive_error(forge(n_lanes=0), r"lane count 0 outside")
-    expect_archive_error(forge(flags=4), "unsupported flags 0x0004")
+    expect_archive_error(forge(version=1, flags=4), "unsupported flags 0x0004")
 
 
 # --------------------------------------------------------------------------
@@ -380,9 +393,9 @@ def test_write_archive_failure_leaves_old_file(tmp_path: Path,
 # --------------------------------------------------------------------------
 # the example in docs/format.md
 
-def _docs_hex_dump() -> bytes:
+def _docs_hex_dump(marker: str = "<!-- example-hexdump -->") -> bytes:
     text = DOCS.read_text(encoding="utf-8")
-    block = text.split("<!-- example-hexdump -->", 2)[1]
+    block = text.split(marker, 2)[1]
     out = bytearray()
     for line in block.splitlines():
         m = re.match(r"^([0-9a-f]{8})  ([0-9a-f ]+?)\s*(\|.*\|)?$", line.strip())
@@ -395,9 +408,36 @@ def _docs_hex_dump() -> bytes:
 def test_docs_example_matches_the_encoder() -> None:
     data = encode_archive(example_archive())
     assert _docs_hex_dump() == data
-    assert decode_archive(data) == example_archive()
+    expected = example_archive()
+    expected.model_hash = expected.model_hash[:C.MODEL_ID_SIZE]
+    assert decode_archive(data) == expected
     stated = re.search(r"fixed overhead of (\d+) bytes", DOCS.read_text(encoding="utf-8"))
     assert stated and int(stated.group(1)) == fixed_overhead_bytes(example_archive())
+
+
+def test_version_1_files_are_still_read() -> None:
+    """The version-1 example of docs/format.md decodes to the same archive, full hash and all."""
+    old = _docs_hex_dump("<!-- example-hexdump-v1 -->")
+    assert old[4:6] == b"\x01\x00"
+    assert decode_archive(old) == example_archive()
+    check_model(decode_archive(old), "tiny", example_archive().model_hash)
+    bad = bytearray(old)
+    bad[-1] ^= 1
+    expect_archive_error(bytes(bad), "^corrupted: lane 0 checksum mismatch$")
+    bad[30] ^= 1
+    expect_archive_error(bytes(bad), "^corrupted: header checksum mismatch$")
+    for n in range(len(old)):
+        with pytest.raises(ArchiveError):
+            decode_archive(old[:n])
+
+
+def test_the_writer_stores_the_model_id() -> None:
+    a = example_archive()  # full 32-byte hash
+    got = decode_archive(encode_archive(a))
+    assert got.model_hash == a.model_hash[:C.MODEL_ID_SIZE]
+    check_model(got, "tiny", a.model_hash)
+    with pytest.raises(ModelMismatchError):
+        check_model(got, "tiny", HASH_B)
 
 
 def test_docs_state_the_limits() -> None:
