@@ -1,6 +1,8 @@
 """Training: CLI, presets, objectives, resume exactness, 2-process DDP, a short run that learns."""
 from __future__ import annotations
 
+import dataclasses
+import dataclasses
 import json
 import os
 import pickle
@@ -15,6 +17,8 @@ from PIL import Image
 
 from aribbps.config import get_config
 from aribbps.models import build_nets
+from aribbps.models.deepen import deepen
+from aribbps.models.deepen import deepen
 from aribbps.train import (
     InsObjective,
     ModeUnavailable,
@@ -374,3 +378,24 @@ def test_short_training_learns_and_exports(
     code, err = _exit_code(["combine", "--sig", str(other), "--ins", str(combined), "-o", str(tmp_path / "x")],
                            capsys)
     assert code == 2 and "differ" in err and len(err.strip().splitlines()) == 1
+
+
+def test_init_with_a_deeper_config_grows_the_model(
+    tmp_path: Path, images: Path, model_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    deeper = dataclasses.replace(TINY, name="tiny-context-deep", sig_plane_depth=2, ins_entropy_depth=2)
+    config = tmp_path / "deep.json"
+    config.write_text(deeper.to_json())
+    run = tmp_path / "deep"
+    train(_opts(images, run, mode="ins", config=str(config), init=str(model_file), num_iters=2, valid_num=0))
+    cfg, out_sig, _, _ = load_model(run / "final_ins.safetensors")
+    assert cfg == deeper
+    _, init_sig, init_ins, _ = load_model(model_file)
+    grown_sig, _ = deepen(TINY, (init_sig, init_ins), deeper)
+    assert all(torch.equal(a, b) for a, b in zip(grown_sig.state_dict().values(), out_sig.state_dict().values()))
+
+    wider = tmp_path / "wide.json"
+    wider.write_text(dataclasses.replace(TINY, space_width=16).to_json())
+    code, err = _exit_code(["--mode", "ins", "--config", str(wider), "--init", str(model_file), "--data_dir",
+                            str(images), "--save_dir", str(tmp_path / "wide"), "--num_iters", "1"], capsys)
+    assert code == 2 and "does not fit --init" in err and "space_width (8 -> 16)" in err
