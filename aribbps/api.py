@@ -29,6 +29,9 @@ from aribbps.container import Archive, ImageRecord, check_model, encode_archive,
 from aribbps.errors import ArchiveError, AribError, ChecksumError, ImageFormatError
 from aribbps.imageio import (MODE_CHANNELS, LoadedImage, join_alpha, load_image, output_name, pixel_checksum,
                              save_image, split_alpha)
+from aribbps.lane_groups import EXTRA_KEY as GROUPS_KEY
+from aribbps.lane_groups import (LaneGroup, default_groups, group_streams, locked, merge_stats, plan_groups,
+                                 recorded_groups, run_groups, scatter)
 from aribbps.tiling import Tile, assemble, cut_tiles, tile_grid
 from aribbps.zoo import LoadedModel, load, resolve_device
 from kernels import dispatch
@@ -136,11 +139,12 @@ def default_mode(model: LoadedModel, n_images: int) -> str:
 
 def encode_images(images: Sequence[LoadedImage], model: LoadedModel, lanes: int = DEFAULT_LANES,
                   tile: int = DEFAULT_TILE, threads: int = 0, progress: Progress | None = None,
-                  mode: str | None = None) -> CompressResult:
+                  mode: str | None = None, lane_groups: int | None = None) -> CompressResult:
     """Codes images in memory; returns the archive, its bytes and the figures.
 
     ``mode``: "context", "single" or "dataset" (see :data:`CODING_MODES`);
-    None picks :func:`default_mode`.
+    None picks :func:`default_mode`. ``lane_groups``: codecs run concurrently
+    (:mod:`aribbps.lane_groups`); None picks its default for the device.
     """
     if not images:
         raise AribError("no images to compress")
@@ -163,10 +167,19 @@ def encode_images(images: Sequence[LoadedImage], model: LoadedModel, lanes: int 
     # A lane without items would still cost its table entry and coder flush (~30 bytes).
     lanes = min(lanes, len(items))
     mode = mode or default_mode(model, len(images))
-    codec = _codec(model, mode, lanes, threads)
-    streams, stats = codec.encode(items, progress)
-    archive = Archive(model.name, model.weights_hash, mode, lanes, tile, model.device.type, codec.kernel_path,
+    requested = default_groups(model.device) if lane_groups is None else lane_groups
+    if requested < 1:
+        raise AribError(f"lane groups must be at least 1, got {requested}")
+    groups = plan_groups(len(items), lanes, requested)
+    codecs = [_codec(model, mode, g.lanes, threads) for g in groups]
+    report = locked(progress)
+    parts = run_groups(lambda i, g: codecs[i].encode([items[j] for j in g.items], report), groups, model.device)
+    streams = [stream for part_streams, _ in parts for stream in part_streams]
+    stats = merge_stats([st for _, st in parts], groups, len(items))
+    archive = Archive(model.name, model.weights_hash, mode, lanes, tile, model.device.type, codecs[0].kernel_path,
                       records, streams)
+    if len(groups) > 1:
+        archive.extra[GROUPS_KEY] = len(groups)
     if isinstance(stats, AribStats):
         _record_side_info(archive, refs, stats)
     data = encode_archive(archive)
@@ -270,10 +283,11 @@ def batch_inputs(directory: str | Path) -> list[Path]:
 
 def compress(inputs: Sequence[str | Path], output: str | Path, model: LoadedModel | str | None = None,
              lanes: int = DEFAULT_LANES, tile: int = DEFAULT_TILE, device: str | None = "cpu", threads: int = 0,
-             progress: Progress | None = None, mode: str | None = None) -> CompressResult:
+             progress: Progress | None = None, mode: str | None = None,
+             lane_groups: int | None = None) -> CompressResult:
     """Compresses image files into one ``.arib`` file (written atomically)."""
     loaded = model if isinstance(model, LoadedModel) else load(model, device)
-    result = encode_images(load_images(inputs), loaded, lanes, tile, threads, progress, mode)
+    result = encode_images(load_images(inputs), loaded, lanes, tile, threads, progress, mode, lane_groups)
     atomic_write_bytes(output, result.data)
     return result
 
@@ -309,15 +323,28 @@ def decode_archive_images(archive: Archive, model: LoadedModel, threads: int = 0
     except dispatch.KernelPathError as exc:
         raise ArchiveError(str(exc)) from None
     try:
-        codec = _codec(model, archive.mode, archive.lanes, threads, path)
+        groups = plan_groups(len(shapes), archive.lanes, recorded_groups(archive.extra, archive.lanes, len(shapes)))
+    except ValueError as exc:
+        raise ArchiveError(str(exc)) from None
+    try:
+        codecs = [_codec(model, archive.mode, g.lanes, threads, path) for g in groups]
     except AribError as exc:
         raise ArchiveError(f"cannot decode this archive: {exc}") from None
+    side = _side_info(archive, refs) if isinstance(codecs[0], AribCodec) else None
+    report = locked(progress)
+
+    def decode_group(index: int, group: LaneGroup) -> list[np.ndarray]:
+        codec = codecs[index]
+        group_shapes = [shapes[i] for i in group.items]
+        streams = group_streams(archive.lane_streams, group)
+        if side is not None:
+            assert isinstance(codec, AribCodec)
+            qps, pads = ([values[i] for i in group.items] for values in side)
+            return codec.decode(group_shapes, streams, qps, pads, report)
+        return codec.decode(group_shapes, streams, report)
+
     try:
-        if isinstance(codec, AribCodec):
-            qps, pads = _side_info(archive, refs)
-            items = codec.decode(shapes, archive.lane_streams, qps, pads, progress)
-        else:
-            items = codec.decode(shapes, archive.lane_streams, progress)
+        items = scatter(run_groups(decode_group, groups, model.device), groups, len(shapes))
     except (StreamError, NotEnoughBitsError) as exc:
         raise ArchiveError(f"corrupted lane stream: {exc}") from None
     except ValueError as exc:
@@ -395,6 +422,7 @@ def info(archive_path: str | Path) -> dict:
     return {
         "file": str(archive_path), "bytes": size, "model": archive.model_name,
         "weights": archive.model_hash.hex()[:12], "mode": archive.mode, "lanes": archive.lanes,
+        "lane_groups": archive.extra.get(GROUPS_KEY, 1),
         "tile": archive.tile_size, "device": archive.device_kind, "kernels": archive.kernel_path,
         "images": len(archive.images), "subpixels": subpixels, "bpd": size * 8 / subpixels if subpixels else 0.0,
         "lane_bytes": [len(s) for s in archive.lane_streams],

@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "without latent model). Default: single for one image, dataset for several, context "
                         "when the model has no latent model")
     _add_layout_options(c)
+    c.add_argument("--lane-groups", type=int, default=None, metavar="G",
+                   help="split the lanes into G codecs run concurrently, so that the GPU computes for one while "
+                        "the coder works for another (default: 2 on CUDA, 1 on CPU); the file records G")
     _add_model_options(c)
 
     d = sub.add_parser("decompress", help="restore the images of an .arib file",
@@ -117,7 +120,7 @@ def _cmd_compress(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     bar = _progress(None, "compress", args.quiet)
     try:
         result = api.compress(inputs, output, model, args.lanes, args.tile, threads=args.threads,
-                              progress=lambda n: bar.update(n), mode=args.mode)
+                              progress=lambda n: bar.update(n), mode=args.mode, lane_groups=args.lane_groups)
     finally:
         bar.close()
     if not args.quiet:
@@ -149,9 +152,10 @@ def _cmd_info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary, indent=2))
         return EXIT_OK
-    for key in ("file", "bytes", "model", "weights", "mode", "lanes", "tile", "device", "kernels", "images"):
-        print(f"{key:8s} {summary[key]}")
-    print(f"{'bpd':8s} {summary['bpd']:.4f}")
+    for key in ("file", "bytes", "model", "weights", "mode", "lanes", "lane_groups", "tile", "device", "kernels",
+                "images"):
+        print(f"{key:11s} {summary[key]}")
+    print(f"{'bpd':11s} {summary['bpd']:.4f}")
     for r in summary["records"][:20]:
         print(f"  {r['name']}  {r['width']}x{r['height']} {r['mode']} {r['format']}")
     if len(summary["records"]) > 20:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from aribbps import api
 from aribbps.cli import EXIT_BAD_INPUT, EXIT_OK, EXIT_OS, EXIT_USAGE, main
 from aribbps.container import decode_archive, encode_archive, fixed_overhead_bytes, read_archive
 
@@ -57,13 +58,16 @@ def _expected(path: Path) -> np.ndarray:
         return np.asarray(im)
 
 
-def test_cli_round_trip_of_every_kind_of_image(tmp_path: Path, model_file: Path) -> None:
+@pytest.mark.parametrize("groups", [1, 2])
+def test_cli_round_trip_of_every_kind_of_image(tmp_path: Path, model_file: Path, groups: int) -> None:
     src = tmp_path / "src"
     src.mkdir()
     cases = _cases(src)
     arib = tmp_path / "all.arib"
     args = ["--model", str(model_file), "-q"]
-    assert main(["compress", *map(str, cases.values()), "-o", str(arib), "--lanes", "3", *args]) == EXIT_OK
+    assert main(["compress", *map(str, cases.values()), "-o", str(arib), "--lanes", "3",
+                 "--lane-groups", str(groups), *args]) == EXIT_OK
+    assert api.info(arib)["lane_groups"] == groups
     out = tmp_path / "out"
     assert main(["decompress", str(arib), "-o", str(out), *args]) == EXIT_OK
     for name, path in cases.items():
