@@ -30,7 +30,7 @@ from aribbps.errors import ArchiveError, AribError, ChecksumError, ImageFormatEr
 from aribbps.imageio import (MODE_CHANNELS, LoadedImage, join_alpha, load_image, output_name, pixel_checksum,
                              save_image, split_alpha)
 from aribbps.lane_groups import EXTRA_KEY as GROUPS_KEY
-from aribbps.lane_groups import (LaneGroup, default_groups, group_streams, locked, merge_stats, plan_groups,
+from aribbps.lane_groups import (LaneGroup, default_groups, group_streams, merge_stats, plan_groups,
                                  recorded_groups, run_groups, scatter)
 from aribbps.tiling import Tile, assemble, cut_tiles, tile_grid
 from aribbps.zoo import LoadedModel, load, resolve_device
@@ -172,8 +172,8 @@ def encode_images(images: Sequence[LoadedImage], model: LoadedModel, lanes: int 
         raise AribError(f"lane groups must be at least 1, got {requested}")
     groups = plan_groups(len(items), lanes, requested)
     codecs = [_codec(model, mode, g.lanes, threads) for g in groups]
-    report = locked(progress)
-    parts = run_groups(lambda i, g: codecs[i].encode([items[j] for j in g.items], report), groups, model.device)
+    parts = run_groups(lambda i, g, report: codecs[i].encode([items[j] for j in g.items], report), groups,
+                       model.device, progress)
     streams = [stream for part_streams, _ in parts for stream in part_streams]
     stats = merge_stats([st for _, st in parts], groups, len(items))
     archive = Archive(model.name, model.weights_hash, mode, lanes, tile, model.device.type, codecs[0].kernel_path,
@@ -331,9 +331,7 @@ def decode_archive_images(archive: Archive, model: LoadedModel, threads: int = 0
     except AribError as exc:
         raise ArchiveError(f"cannot decode this archive: {exc}") from None
     side = _side_info(archive, refs) if isinstance(codecs[0], AribCodec) else None
-    report = locked(progress)
-
-    def decode_group(index: int, group: LaneGroup) -> list[np.ndarray]:
+    def decode_group(index: int, group: LaneGroup, report: Progress) -> list[np.ndarray]:
         codec = codecs[index]
         group_shapes = [shapes[i] for i in group.items]
         streams = group_streams(archive.lane_streams, group)
@@ -344,7 +342,7 @@ def decode_archive_images(archive: Archive, model: LoadedModel, threads: int = 0
         return codec.decode(group_shapes, streams, report)
 
     try:
-        items = scatter(run_groups(decode_group, groups, model.device), groups, len(shapes))
+        items = scatter(run_groups(decode_group, groups, model.device, progress), groups, len(shapes))
     except (StreamError, NotEnoughBitsError) as exc:
         raise ArchiveError(f"corrupted lane stream: {exc}") from None
     except ValueError as exc:

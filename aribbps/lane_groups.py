@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -63,31 +63,68 @@ def plan_groups(n_items: int, lanes: int, groups: int) -> list[LaneGroup]:
     return out
 
 
-def run_groups(work: Callable[[int, LaneGroup], R], groups: Sequence[LaneGroup], device: torch.device) -> list[R]:
-    """``work(index, group)`` for every group, concurrently when there are several.
+class Cancelled(Exception):
+    """Raised inside a group's thread at its next progress report once the run is being stopped."""
+
+
+Report = Callable[[int], None]
+
+
+def run_groups(work: Callable[[int, LaneGroup, Report], R], groups: Sequence[LaneGroup], device: torch.device,
+               progress: Report | None = None) -> list[R]:
+    """``work(index, group, report)`` for every group, concurrently when there are several.
+
+    ``work`` must pass ``report`` to its codec as the progress callback (the
+    codecs call it after every round): it forwards to ``progress`` under a
+    lock and is where a group stops when the run is being stopped. That
+    happens when another group fails or the caller is interrupted (Ctrl-C);
+    the caller's exception is raised once every group has stopped, so an
+    interrupt takes at most one round, not the whole run.
 
     On CUDA each group runs on its own stream, which first waits for the
     work already queued on the caller's stream, and is synchronised before
-    its result is returned (the results are host data). The first error is
-    raised after every group has stopped.
+    its result is returned (the results are host data).
     """
     if len(groups) == 1:
-        return [work(0, groups[0])]
+        return [work(0, groups[0], progress or _ignore)]
     caller = torch.cuda.current_stream(device) if device.type == "cuda" else None
+    stop = threading.Event()
+    lock = threading.Lock()
+
+    def report(n: int) -> None:
+        if stop.is_set():
+            raise Cancelled("stopped")
+        if progress is not None:
+            with lock:
+                progress(n)
 
     def run(index: int, group: LaneGroup) -> R:
         if caller is None:
-            return work(index, group)
+            return work(index, group, report)
         stream = torch.cuda.Stream(device)
         stream.wait_stream(caller)
         with torch.cuda.stream(stream):
-            result = work(index, group)
+            result = work(index, group, report)
         stream.synchronize()
         return result
 
-    with ThreadPoolExecutor(max_workers=len(groups), thread_name_prefix="aribbps-lane-group") as pool:
-        futures = [pool.submit(run, i, g) for i, g in enumerate(groups)]
+    pool = ThreadPoolExecutor(max_workers=len(groups), thread_name_prefix="aribbps-lane-group")
+    futures = [pool.submit(run, i, g) for i, g in enumerate(groups)]
+    try:
+        wait(futures, return_when=FIRST_EXCEPTION)
+    finally:  # an error in one group, or an interrupt here: stop the others at their next round
+        if not all(f.done() and f.exception() is None for f in futures):
+            stop.set()
+        pool.shutdown(wait=True)
+    errors = [f.exception() for f in futures if not isinstance(f.exception(), Cancelled)]
+    first = next((e for e in errors if e is not None), None)
+    if first is not None:
+        raise first
     return [f.result() for f in futures]
+
+
+def _ignore(n: int) -> None:
+    pass
 
 
 def merge_stats(parts: Sequence[S], groups: Sequence[LaneGroup], n_items: int) -> S:
@@ -111,19 +148,6 @@ def scatter(parts: Sequence[Sequence[np.ndarray]], groups: Sequence[LaneGroup], 
             out[i] = item
     assert all(item is not None for item in out)
     return out  # type: ignore[return-value]
-
-
-def locked(progress: Callable[[int], None] | None) -> Callable[[int], None] | None:
-    """A progress callback that several groups may call from their threads."""
-    if progress is None:
-        return None
-    lock = threading.Lock()
-
-    def report(n: int) -> None:
-        with lock:
-            progress(n)
-
-    return report
 
 
 def recorded_groups(extra: dict, lanes: int, n_items: int) -> int:

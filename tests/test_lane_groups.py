@@ -1,14 +1,17 @@
 """Lane groups (aribbps.lane_groups): codecs run concurrently on disjoint lanes and items."""
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
+import torch
 
-from aribbps import api, zoo
+from aribbps import api, lane_groups, zoo
 from aribbps.container import decode_archive, encode_archive
 from aribbps.errors import ArchiveError, AribError, ChecksumError
 from aribbps.imageio import LoadedImage
-from aribbps.lane_groups import EXTRA_KEY, plan_groups, recorded_groups
+from aribbps.lane_groups import EXTRA_KEY, plan_groups, recorded_groups, run_groups
 
 
 @pytest.fixture(scope="module")
@@ -74,3 +77,40 @@ def test_a_wrong_group_count_is_refused(tiny_model) -> None:
         api.decode_archive_images(decode_archive(encode_archive(archive)), tiny_model)
     with pytest.raises(AribError, match="at least 1"):
         api.encode_images(_images(2), tiny_model, lane_groups=0)
+
+
+def _slow_work(calls: list[int], fail_group: int | None = None):
+    """A fake group run: 200 rounds of 5 ms, reporting after each; ``fail_group`` fails at once."""
+    def work(index: int, group, report) -> int:
+        if index == fail_group:
+            raise ValueError("group failed")
+        for _ in range(200):
+            time.sleep(0.005)
+            report(1)
+            calls[index] += 1
+        return index
+    return work
+
+
+def test_a_failing_group_stops_the_others() -> None:
+    calls = [0, 0, 0]
+    groups = plan_groups(6, 3, 3)
+    with pytest.raises(ValueError, match="group failed"):
+        run_groups(_slow_work(calls, fail_group=1), groups, torch.device("cpu"))
+    assert calls[1] == 0 and 0 <= calls[0] < 200 and 0 <= calls[2] < 200
+    done: list[int] = []
+    assert run_groups(_slow_work([0, 0, 0]), groups, torch.device("cpu"), done.append) == [0, 1, 2]
+    assert sum(done) == 600
+
+
+def test_an_interrupt_stops_every_group_within_a_round(monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupted_wait(futures, return_when):
+        time.sleep(0.05)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(lane_groups, "wait", interrupted_wait)
+    calls = [0, 0]
+    start = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt):
+        run_groups(_slow_work(calls), plan_groups(4, 2, 2), torch.device("cpu"))
+    assert max(calls) < 100 and time.perf_counter() - start < 0.5
