@@ -31,6 +31,7 @@ from aribbps.train import (
 )
 from aribbps.train.__main__ import build_parser, main, resolve_options
 from aribbps.train.objectives import keep_logits_float32
+from aribbps.train.weight_average import WeightAverage
 from aribbps.weights import load_model, save_model, state_tensors
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,6 +112,7 @@ def test_help_exits_zero(capsys: pytest.CaptureFixture[str]) -> None:
         (["--config", "tiny-context", "--mode", "finetune"], "no latent model to fine-tune"),
         (["--config", "no-such-config"], "unknown config 'no-such-config'"),
         (["--config", "tiny", "--kl_warmup", "-1"], "--kl_warmup must be >= 0"),
+        (["--config", "tiny", "--ema", "1"], "--ema must be in [0, 1)"),
         (["--config", "tiny", "--mode", "ins", "--kl-warmup", "5"], "--kl_warmup applies to the latent model"),
     ],
 )
@@ -245,6 +247,8 @@ def _checkpoint_state(save: Path) -> dict[str, torch.Tensor]:
     flat = {f"{m}.{k}": v for m, sd in ckpt["modules"].items() for k, v in sd.items()}
     for pid, state in ckpt["optimizer"]["state"].items():
         flat.update({f"adam.{pid}.{k}": v for k, v in state.items()})
+    if ckpt.get("ema") is not None:
+        flat.update({f"ema.{i}": v for i, v in enumerate(ckpt["ema"]["average"])})
     return flat
 
 
@@ -254,7 +258,8 @@ def test_resume_continues_bit_exactly(config: str, images: Path, tmp_path: Path)
     # on both sides of the resume; dropout, random crops, flips and (tiny) the
     # latent samples all draw randomness.
     kw = dict(random_crop=4 if config == "tiny" else 6, hflip=True, valid_num=9, valid_interval=3,
-              decay_interval=3, decay_rate=0.5, config=config, kl_warmup=6 if config == "tiny" else 0)
+              decay_interval=3, decay_rate=0.5, config=config, kl_warmup=6 if config == "tiny" else 0,
+              ema=0.6 if config == "tiny" else 0.0)
     full = tmp_path / "full"
     train(_opts(images, full, num_iters=8, **kw))
     part = tmp_path / "part"
@@ -399,3 +404,37 @@ def test_init_with_a_deeper_config_grows_the_model(
     code, err = _exit_code(["--mode", "ins", "--config", str(wider), "--init", str(model_file), "--data_dir",
                             str(images), "--save_dir", str(tmp_path / "wide"), "--num_iters", "1"], capsys)
     assert code == 2 and "does not fit --init" in err and "space_width (8 -> 16)" in err
+
+
+def test_ema_exports_and_validates_the_weight_average(images: Path, tmp_path: Path) -> None:
+    run = tmp_path / "ema"
+    train(_opts(images, run, mode="ins", num_iters=6, valid_interval=6, ema=0.5, dropout=0.0))
+    ckpt = load_checkpoint(run)
+    average = ckpt["ema"]["average"]
+    _, _, exported, _ = load_model(run / "final_ins.safetensors")
+    params = list(exported.parameters())
+    assert len(params) == len(average) and all(torch.equal(p, a) for p, a in zip(params, average))
+    raw = ckpt["modules"]["ins"]
+    assert any(not torch.equal(raw[k], exported.state_dict()[k]) for k in raw)
+    logged = float([line for line in (run / "train.log").read_text().splitlines() if "valid " in line][-1]
+                   .split("valid ")[1].split()[0])
+    assert load_model(run / "best_ins.safetensors")[3] == load_model(run / "final_ins.safetensors")[3]
+    assert logged == pytest.approx(ckpt["best_valid_bpsp"], abs=1e-4)
+
+
+def test_weight_average_update_and_swap() -> None:
+    p = torch.nn.Parameter(torch.zeros(3))
+    avg = WeightAverage([p], 0.9)
+    with torch.no_grad():
+        p.fill_(10.0)
+    avg.update(0)  # decay min(0.9, 1/10) = 0.1
+    assert torch.allclose(avg.average[0], torch.full((3,), 9.0))
+    with avg.swapped_in():
+        assert torch.equal(p.detach(), avg.average[0])
+    assert torch.equal(p.detach(), torch.full((3,), 10.0))
+    state = avg.state_dict()
+    other = WeightAverage([p], 0.9)
+    other.load_state_dict(state)
+    assert torch.equal(other.average[0], avg.average[0])
+    with pytest.raises(ValueError, match="does not fit"):
+        WeightAverage([torch.nn.Parameter(torch.zeros(4))], 0.9).load_state_dict(state)

@@ -115,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(g, "kl_warmup", type=int, default=0, metavar="N",
           help="raise the latent bits' weight in the loss linearly from 0 to 1 over the first N iterations "
                "(counters posterior collapse; sig/finetune; default 0 = off)")
+    _flag(g, "ema", type=float, default=0.0, metavar="DECAY",
+          help="validate and export an exponential moving average of the weights with this decay "
+               "(e.g. 0.999; default 0 = off)")
     _flag(g, "workers", type=int, default=None, metavar="N",
           help="data loader processes (default 4 on CUDA, 0 on CPU)")
     _flag(g, "qp_path", metavar="PATH",
@@ -263,7 +266,8 @@ def resolve_options(args: argparse.Namespace) -> tuple[TrainOptions, int]:
         mode=args.mode, data_dir=args.data_dir, save_dir=args.save_dir, config=config,
         dataset_type=args.dataset_type, valid_select=args.valid_select,
         log_interval=args.log_interval, resume=args.resume, init=args.init, qp_path=args.qp_path,
-        random_crop=args.random_crop, hflip=args.hflip, kl_warmup=args.kl_warmup, device=args.device, amp=args.amp,
+        random_crop=args.random_crop, hflip=args.hflip, kl_warmup=args.kl_warmup, ema=args.ema,
+        device=args.device, amp=args.amp,
         seed=args.seed, workers=workers, debug_dir=args.debug_dir, **values,
     )
     return opts, 1 if under_torchrun else world

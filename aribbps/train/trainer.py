@@ -24,6 +24,7 @@ give bit-identical weights to N+M steps.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import json
@@ -68,6 +69,7 @@ from aribbps.train.objectives import (
     keep_logits_float32,
 )
 from aribbps.train.presets import MODES
+from aribbps.train.weight_average import WeightAverage
 from aribbps.weights import load_model, model_hash, save_model
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -112,6 +114,9 @@ class TrainOptions:
     #: linearly from 0 to 1 (0 = weight 1 throughout). Counters posterior
     #: collapse; sig and finetune modes with a latent model only.
     kl_warmup: int = 0
+    #: Decay of an exponential moving average of the trained weights (0 =
+    #: none). With it, validation and the exported models use the average.
+    ema: float = 0.0
     device: str = "auto"  # auto | cpu | cuda
     amp: bool = False  # bfloat16 autocast (CUDA only); weights stay float32
     seed: int = 0
@@ -165,6 +170,8 @@ def check_options(opts: TrainOptions) -> None:
         raise ValueError(f"--kl_warmup must be >= 0, got {opts.kl_warmup!r}")
     if opts.kl_warmup and opts.mode == "ins":
         raise ValueError("--kl_warmup applies to the latent model: --mode sig or finetune")
+    if not 0.0 <= opts.ema < 1.0:
+        raise ValueError(f"--ema must be in [0, 1), got {opts.ema!r}")
     if opts.valid_select not in ("last", "hash"):
         raise ValueError(f"--valid-select must be 'last' or 'hash', got {opts.valid_select!r}")
     if opts.qp_path is not None and opts.mode != "finetune":
@@ -530,6 +537,7 @@ class Trainer:
             self.optimizer, step_size=opts.decay_interval, gamma=opts.decay_rate
         )
         self.iteration = 0
+        self.ema = WeightAverage(params, opts.ema) if opts.ema else None
         self.best: float | None = None
         self.wall_before = 0.0  # wall time of the runs this one resumes
         if ckpt is not None:
@@ -552,6 +560,11 @@ class Trainer:
         self.iteration = int(ckpt["iteration"])
         self.best = ckpt["best_valid_bpsp"]
         self.wall_before = float(ckpt["wall_time"])
+        if self.ema is not None:
+            if ckpt.get("ema") is not None:
+                self.ema.load_state_dict(ckpt["ema"])
+            else:
+                self._warn("the checkpoint has no weight average: --ema starts one from its weights")
         same_layout = (ckpt["world_size"], ckpt["batch_size"]) == (self.info.world_size, self.opts.batch_size)
         if same_layout and ckpt["seed"] == self.opts.seed:
             self.data.epoch = int(ckpt["epoch"])
@@ -594,6 +607,7 @@ class Trainer:
             "batch_size": self.opts.batch_size,
             "seed": self.opts.seed,
             "best_valid_bpsp": self.best,
+            "ema": self.ema.state_dict() if self.ema is not None else None,
             "wall_time": wall,
             "rng": states,
         }
@@ -606,16 +620,22 @@ class Trainer:
         self.written.append(path.name)
 
     def _export(self, name: str) -> Path:
+        """Saves the model (the weight average, with --ema)."""
         path = self.save_dir / name
         sig, ins = self.objective.nets()
-        save_model(path, self.cfg, sig, ins)
+        with self._averaged():
+            save_model(path, self.cfg, sig, ins)
         self.written.append(name)
         return path
+
+    def _averaged(self) -> contextlib.AbstractContextManager[None]:
+        return self.ema.swapped_in() if self.ema is not None else contextlib.nullcontext()
 
     # -- validation --
     @torch.no_grad()
     def validate(self) -> float:
-        """Bits per sub-pixel of the validation set (all ranks; eval mode).
+        """Bits per sub-pixel of the validation set (all ranks; eval mode; the
+        weight average with --ema).
 
         Runs on a forked RNG seeded the same way every time: a latent model
         samples its latents even in eval mode, so validation neither
@@ -625,7 +645,7 @@ class Trainer:
         self.module.eval()
         totals = torch.zeros(2, dtype=torch.float64, device=self.device)  # bits, sub-pixels
         cuda = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=cuda):
+        with torch.random.fork_rng(devices=cuda), self._averaged():
             torch.manual_seed(self.opts.seed + self.info.rank)
             for images, names in self.data.valid_loader:
                 for x, group_names in _same_shape_groups(images, names, self.opts.batch_size):
@@ -673,6 +693,8 @@ class Trainer:
                 loss.backward()
                 self.optimizer.step()
                 self.scheduler.step()
+                if self.ema is not None:
+                    self.ema.update(self.iteration)
                 self.iteration += 1
                 steps += 1
                 for name, value in metrics.items():
