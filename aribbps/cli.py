@@ -51,6 +51,9 @@ def _add_layout_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tile", type=int, default=api.DEFAULT_TILE, metavar="PX",
                    help=f"cut images into tiles of PX x PX pixels, coded independently, so memory stays bounded "
                         f"(0 = never tile; default {api.DEFAULT_TILE})")
+    p.add_argument("--lane-groups", type=int, default=None, metavar="G",
+                   help="split the lanes into G codecs run concurrently, so that the GPU computes for one while "
+                        "the coder works for another (default: 2 on CUDA, 1 on CPU); the file records G")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,9 +75,6 @@ def build_parser() -> argparse.ArgumentParser:
                         "without latent model). Default: single for one image, dataset for several, context "
                         "when the model has no latent model")
     _add_layout_options(c)
-    c.add_argument("--lane-groups", type=int, default=None, metavar="G",
-                   help="split the lanes into G codecs run concurrently, so that the GPU computes for one while "
-                        "the coder works for another (default: 2 on CUDA, 1 on CPU); the file records G")
     _add_model_options(c)
 
     d = sub.add_parser("decompress", help="restore the images of an .arib file",
@@ -171,7 +171,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         paths = paths[: args.limit]
     images = api.load_images(paths)
     model = _load_model(args, "cpu")
-    report = evaluate(images, model, args.mode, args.lanes, args.tile, args.threads)
+    report = evaluate(images, model, args.mode, args.lanes, args.tile, args.threads, args.lane_groups)
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
         return EXIT_OK

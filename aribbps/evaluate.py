@@ -140,8 +140,8 @@ def theoretical_bits(images: Sequence[LoadedImage], model: LoadedModel, tile: in
 
 
 def _round_trip(images: Sequence[LoadedImage], model: LoadedModel, lanes: int, tile: int, threads: int,
-                mode: str) -> tuple[CompressResult, float, int]:
-    result = encode_images(images, model, lanes, tile, threads, mode=mode)
+                mode: str, lane_groups: int | None = None) -> tuple[CompressResult, float, int]:
+    result = encode_images(images, model, lanes, tile, threads, mode=mode, lane_groups=lane_groups)
     start = time.perf_counter()
     failures = 0
     try:
@@ -154,8 +154,8 @@ def _round_trip(images: Sequence[LoadedImage], model: LoadedModel, lanes: int, t
 
 
 def evaluate(images: Sequence[LoadedImage], model: LoadedModel, mode: str, lanes: int = DEFAULT_LANES,
-             tile: int = DEFAULT_TILE, threads: int = 0) -> EvalReport:
-    """Runs one of :data:`EVAL_MODES` over the images."""
+             tile: int = DEFAULT_TILE, threads: int = 0, lane_groups: int | None = None) -> EvalReport:
+    """Runs one of :data:`EVAL_MODES` over the images (``lane_groups``: see :mod:`aribbps.lane_groups`)."""
     if mode not in EVAL_MODES:
         raise ValueError(f"unknown eval mode {mode!r}; choose one of {', '.join(EVAL_MODES)}")
     if not images:
@@ -174,7 +174,7 @@ def evaluate(images: Sequence[LoadedImage], model: LoadedModel, mode: str, lanes
         for image in images:
             results.append(_round_trip([image], model, 1, tile, threads, coding))
     else:
-        results.append(_round_trip(images, model, lanes, tile, threads, coding))
+        results.append(_round_trip(images, model, lanes, tile, threads, coding, lane_groups))
     plane = sum(r.quantised_bits for r, _, _ in results)
     return EvalReport(
         mode, coding, len(images), subpixels,

@@ -111,7 +111,8 @@ def test_eval_single_and_dataset_have_no_failures(tmp_path: Path, model_file: Pa
     src.mkdir()
     _cases(src)
     for mode in ("single", "dataset", "inference", "speed"):
-        code = main(["eval", str(src), "--mode", mode, "--json", "--model", str(model_file), "--lanes", "4"])
+        groups = ["--lane-groups", "2"] if mode == "speed" else []
+        code = main(["eval", str(src), "--mode", mode, "--json", "--model", str(model_file), "--lanes", "4", *groups])
         assert code == EXIT_OK
         report = json.loads(capsys.readouterr().out)
         assert report["theoretical_bpd"] > 0
