@@ -167,19 +167,11 @@ def encode_images(images: Sequence[LoadedImage], model: LoadedModel, lanes: int 
     # A lane without items would still cost its table entry and coder flush (~30 bytes).
     lanes = min(lanes, len(items))
     mode = mode or default_mode(model, len(images))
-    requested = default_groups(model.device) if lane_groups is None else lane_groups
-    if requested < 1:
-        raise AribError(f"lane groups must be at least 1, got {requested}")
-    groups = plan_groups(len(items), lanes, requested)
-    codecs = [_codec(model, mode, g.lanes, threads) for g in groups]
-    parts = run_groups(lambda i, g, report: codecs[i].encode([items[j] for j in g.items], report), groups,
-                       model.device, progress)
-    streams = [stream for part_streams, _ in parts for stream in part_streams]
-    stats = merge_stats([st for _, st in parts], groups, len(items))
-    archive = Archive(model.name, model.weights_hash, mode, lanes, tile, model.device.type, codecs[0].kernel_path,
+    streams, stats, kernel_path, n_groups = _encode_items(items, model, mode, lanes, threads, progress, lane_groups)
+    archive = Archive(model.name, model.weights_hash, mode, lanes, tile, model.device.type, kernel_path,
                       records, streams)
-    if len(groups) > 1:
-        archive.extra[GROUPS_KEY] = len(groups)
+    if n_groups > 1:
+        archive.extra[GROUPS_KEY] = n_groups
     if isinstance(stats, AribStats):
         _record_side_info(archive, refs, stats)
     data = encode_archive(archive)
@@ -191,6 +183,22 @@ def encode_images(images: Sequence[LoadedImage], model: LoadedModel, lanes: int 
         result.posterior_bits = float(stats.posterior_bits.sum())
         result.auxiliary_bits = float(stats.padding_bits.sum())
     return result
+
+
+def _encode_items(items: Sequence[np.ndarray], model: LoadedModel, mode: str, lanes: int, threads: int,
+                  progress: Progress | None, lane_groups: int | None
+                  ) -> tuple[list[bytes], CodingStats, str, int]:
+    """Codes the items by lane groups: (lane streams, per-item stats, kernel path, group count)."""
+    requested = default_groups(model.device) if lane_groups is None else lane_groups
+    if requested < 1:
+        raise AribError(f"lane groups must be at least 1, got {requested}")
+    groups = plan_groups(len(items), lanes, requested)
+    codecs = [_codec(model, mode, g.lanes, threads) for g in groups]
+    parts = run_groups(lambda i, g, report: codecs[i].encode([items[j] for j in g.items], report), groups,
+                       model.device, progress)
+    streams = [stream for part_streams, _ in parts for stream in part_streams]
+    stats = merge_stats([part_stats for _, part_stats in parts], groups, len(items))
+    return streams, stats, codecs[0].kernel_path, len(groups)
 
 
 def _codec(model: LoadedModel, mode: str, lanes: int, threads: int, kernel_path: str | None = None) -> PlaneCodec:
@@ -317,37 +325,44 @@ def decode_archive_images(archive: Archive, model: LoadedModel, threads: int = 0
     coded_bits = 8 * sum(c * h * w for _, (c, h, w) in refs)
     if 8 * sum(len(s) for s in archive.lane_streams) < coded_bits * _MIN_BITS_PER_BIT:
         raise ArchiveError("corrupted: the lane streams are too short for the images the header declares")
-    shapes = [shape for _, shape in refs]
     try:
         path = dispatch.check_kernel_path(archive.kernel_path, model.device)
     except dispatch.KernelPathError as exc:
         raise ArchiveError(str(exc)) from None
+    items = _decode_items(archive, model, refs, threads, path, progress)
+    return _assemble(archive, refs, items)
+
+
+def _decode_items(archive: Archive, model: LoadedModel, refs: Sequence[tuple[_ItemRef, tuple[int, int, int]]],
+                  threads: int, kernel_path: str, progress: Progress | None) -> list[np.ndarray]:
+    """Every item of the archive, decoded by its lane groups; damage is an ArchiveError."""
+    shapes = [shape for _, shape in refs]
     try:
         groups = plan_groups(len(shapes), archive.lanes, recorded_groups(archive.extra, archive.lanes, len(shapes)))
     except ValueError as exc:
         raise ArchiveError(str(exc)) from None
     try:
-        codecs = [_codec(model, archive.mode, g.lanes, threads, path) for g in groups]
+        codecs = [_codec(model, archive.mode, g.lanes, threads, kernel_path) for g in groups]
     except AribError as exc:
         raise ArchiveError(f"cannot decode this archive: {exc}") from None
     side = _side_info(archive, refs) if isinstance(codecs[0], AribCodec) else None
+
     def decode_group(index: int, group: LaneGroup, report: Progress) -> list[np.ndarray]:
         codec = codecs[index]
         group_shapes = [shapes[i] for i in group.items]
         streams = group_streams(archive.lane_streams, group)
-        if side is not None:
-            assert isinstance(codec, AribCodec)
-            qps, pads = ([values[i] for i in group.items] for values in side)
-            return codec.decode(group_shapes, streams, qps, pads, report)
-        return codec.decode(group_shapes, streams, report)
+        if side is None:
+            return codec.decode(group_shapes, streams, report)
+        assert isinstance(codec, AribCodec)
+        qps, pads = ([values[i] for i in group.items] for values in side)
+        return codec.decode(group_shapes, streams, qps, pads, report)
 
     try:
-        items = scatter(run_groups(decode_group, groups, model.device, progress), groups, len(shapes))
+        return scatter(run_groups(decode_group, groups, model.device, progress), groups, len(shapes))
     except (StreamError, NotEnoughBitsError) as exc:
         raise ArchiveError(f"corrupted lane stream: {exc}") from None
     except ValueError as exc:
         raise ArchiveError(str(exc)) from None
-    return _assemble(archive, refs, items)
 
 
 def _assemble(archive: Archive, refs: Sequence[tuple[_ItemRef, tuple[int, int, int]]],
