@@ -447,3 +447,16 @@ def test_docs_state_the_limits() -> None:
     for table in (C.CODING_MODES, C.DEVICE_KINDS, C.KERNEL_PATHS, C.IMAGE_MODES):
         for code, name in enumerate(table):
             assert f"| {code} | `{name}` |" in text, name
+
+
+def test_docs_overhead_table_matches_the_writer() -> None:
+    """The "Overhead" table of docs/format.md: names img_00042.png, PNG, 32x32 RGB, one lane, model small."""
+    rows = re.findall(r"^\| (\d+) +\| (\d+)(?: bytes)?[^|]*\| (\d+)", DOCS.read_text(encoding="utf-8"), re.M)
+    assert [int(n) for n, _, _ in rows] == [1, 10, 200, 2000]
+    for n, plain, with_qp in rows:
+        sizes = []
+        for qp in (False, True):
+            images = [ImageRecord(f"img_{i:05d}.png", "PNG", "RGB", 32, 32, bytes(8), {"qp": 3 + i % 8} if qp else {})
+                      for i in range(int(n))]
+            sizes.append(fixed_overhead_bytes(Archive("small", HASH_A, "dataset", 1, 0, "cpu", "torch", images, [b""])))
+        assert sizes == [int(plain), int(with_qp)], n
