@@ -263,12 +263,13 @@ class AribCodec(PlaneCodec):
         """Decodes items given their shapes, qp and padding word counts (from the container)."""
         if len(qp) != len(shapes) or len(padding_words) != len(shapes):
             raise ValueError("need one qp and one padding count per item")
-        qp_all = np.asarray(qp, np.int64)
-        if len(qp_all) and (qp_all.min() < QP_MIN or qp_all.max() > 16):
+        # Checked as Python ints first: a damaged header may hold any integer, even beyond int64.
+        if any(not QP_MIN <= int(q) <= 16 for q in qp):
             raise ValueError(f"qp values must lie in [{QP_MIN}, 16]")
-        pad_all = np.asarray(padding_words, np.int64)
-        if len(pad_all) and (pad_all.min() < 0 or pad_all.max() > 1 << 28):
+        if any(not 0 <= int(w) <= 1 << 28 for w in padding_words):
             raise ValueError("padding word counts are out of range")
+        qp_all = np.asarray(qp, np.int64)
+        pad_all = np.asarray(padding_words, np.int64)
         coder = self.open_streams(streams)
         out: list[np.ndarray] = [np.empty(0, np.uint8)] * len(shapes)
         for rnd in plan_rounds(list(shapes), self.lanes, self.multiple, self.device):

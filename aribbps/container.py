@@ -19,7 +19,7 @@ module writes, in short (integers little-endian, ``varint`` = LEB128)::
 
 It is version 1 (still read) with the fixed-size fields made varints, one
 CRC for the whole file instead of one per part and an 8-byte model id: a
-one-image file is 48 bytes smaller, which matters for 32x32 images.
+one-image file is 49 bytes smaller, which matters for 32x32 images.
 The metadata (names, formats, sizes, codec ``extra`` dicts) is a compact
 binary table, zlib-compressed when that is smaller. :func:`decode_archive`
 treats its input as hostile: every length is checked against the bytes that
@@ -342,6 +342,8 @@ class _Reader:
             if not byte & 0x80:
                 if byte == 0 and shift:
                     raise ArchiveError(f"corrupted: {self.what} has an overlong integer")
+                if value >> 64:
+                    break
                 return value
         raise ArchiveError(f"corrupted: {self.what} has an integer of more than 64 bits")
 

@@ -15,6 +15,8 @@ Modules:
   ECA-gated 1x1 projection (kernel A) and its SiLU + 3x3 conv + RGB coupling +
   sigmoid + 8-bit quantisation tail writing the coder's ``(B, h*w, 7)`` uint8
   buffer (kernel B).
+* :mod:`kernels.launch_lock` -- the lock every Triton launch takes, so that
+  concurrent lane groups never JIT-compile a kernel in two threads at once.
 * :mod:`kernels.bitplanes_cupy` -- CuPy: bit-plane slicing, lattice packing
   and fixed-point latent offsets, zero-copy with torch through DLPack, staged
   in pinned host memory; NumPy/torch fallback.

@@ -57,6 +57,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kernels import HAS_TRITON, calculate_settings, require_triton
+from kernels.launch_lock import LAUNCH_LOCK
 
 __all__ = ["INF_LOGIT", "NUM_LOGITS", "eca_gate", "entropy_proj", "entropy_proj_ref", "entropy_tail",
            "entropy_tail_ref", "quantise_probs7_ref"]
@@ -386,15 +387,16 @@ def entropy_proj(parts: Sequence[Tensor], gate: Tensor | None, weight: Tensor, b
         else:  # an empty part: its loop runs zero times
             slots.extend([parts[0], 0, 0, 0, 0, 0])
     grid = (batch * n_pos_blocks, triton.cdiv(n_out, block_o))
-    _entropy_proj_kernel[grid](
-        *slots,
-        gate_arg, gate_arg.stride(0) if gate is not None else 0,
-        wt, bias_arg,
-        out, out.stride(0), out.stride(1),
-        n_out, n_pos, width, n_pos_blocks,
-        HAS_GATE=gate is not None, HAS_BIAS=bias is not None,
-        BLOCK_P=_BLOCK_P, BLOCK_K=_BLOCK_K, BLOCK_O=block_o, num_warps=num_warps,
-    )
+    with LAUNCH_LOCK:
+        _entropy_proj_kernel[grid](
+            *slots,
+            gate_arg, gate_arg.stride(0) if gate is not None else 0,
+            wt, bias_arg,
+            out, out.stride(0), out.stride(1),
+            n_out, n_pos, width, n_pos_blocks,
+            HAS_GATE=gate is not None, HAS_BIAS=bias is not None,
+            BLOCK_P=_BLOCK_P, BLOCK_K=_BLOCK_K, BLOCK_O=block_o, num_warps=num_warps,
+        )
     return out
 
 
@@ -438,13 +440,14 @@ def entropy_tail(h: Tensor, weight: Tensor, bias: Tensor | None, act: str = "sil
         bias_pad[:NUM_LOGITS] = bias.detach()
     n_pos_blocks = triton.cdiv(n_pos, _BLOCK_P)
     nan_flags = torch.zeros(batch * n_pos_blocks, dtype=torch.int32, device=device)
-    _entropy_tail_kernel[(batch * n_pos_blocks,)](
-        h, *h.stride(), n_ch,
-        wt, bias_pad, probs7, logits, nan_flags,
-        height, width, n_pos, n_pos_blocks,
-        ACT=_ACTIVATIONS[act], WRITE_LOGITS=return_logits,
-        BLOCK_P=_BLOCK_P, BLOCK_K=_BLOCK_K, N_PAD=_N_PAD, num_warps=4,
-    )
+    with LAUNCH_LOCK:
+        _entropy_tail_kernel[(batch * n_pos_blocks,)](
+            h, *h.stride(), n_ch,
+            wt, bias_pad, probs7, logits, nan_flags,
+            height, width, n_pos, n_pos_blocks,
+            ACT=_ACTIVATIONS[act], WRITE_LOGITS=return_logits,
+            BLOCK_P=_BLOCK_P, BLOCK_K=_BLOCK_K, N_PAD=_N_PAD, num_warps=4,
+        )
     if check_nan and bool(nan_flags.any()):
         raise ValueError("logits contain NaN; refusing to build coder probabilities")
     return (probs7, logits) if return_logits else probs7

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from kernels import HAS_TRITON, calculate_settings, require_triton
+from kernels.launch_lock import LAUNCH_LOCK
 
 __all__ = ["STEP_POSITIONS", "known_tap_mask", "lattice_conv", "lattice_conv_ref"]
 
@@ -209,14 +210,15 @@ def lattice_conv(bits: Tensor, weight: Tensor, bias: Tensor | None, s: int,
     else:
         v, v_strides = bits, (0, 0, 0)
     n_pos_blocks = triton.cdiv(n_pos, block_p)
-    _lattice_conv_kernel[(batch * n_pos_blocks,)](
-        bits, *bits.stride(),
-        v, *v_strides,
-        w_packed, b_arg,
-        out, out.stride(0), out.stride(1),
-        height, width, n_out, n_pos, n_pos_blocks,
-        C=channels, PR=pr, PC=pc, TAP_MASK=known_tap_mask(s),
-        HAS_VALID=valid is not None, HAS_BIAS=bias is not None,
-        BLOCK_P=block_p, BLOCK_O=block_o, num_warps=num_warps,
-    )
+    with LAUNCH_LOCK:
+        _lattice_conv_kernel[(batch * n_pos_blocks,)](
+            bits, *bits.stride(),
+            v, *v_strides,
+            w_packed, b_arg,
+            out, out.stride(0), out.stride(1),
+            height, width, n_out, n_pos, n_pos_blocks,
+            C=channels, PR=pr, PC=pc, TAP_MASK=known_tap_mask(s),
+            HAS_VALID=valid is not None, HAS_BIAS=bias is not None,
+            BLOCK_P=block_p, BLOCK_O=block_o, num_warps=num_warps,
+        )
     return out

@@ -460,3 +460,11 @@ def test_docs_overhead_table_matches_the_writer() -> None:
                       for i in range(int(n))]
             sizes.append(fixed_overhead_bytes(Archive("small", HASH_A, "dataset", 1, 0, "cpu", "torch", images, [b""])))
         assert sizes == [int(plain), int(with_qp)], n
+
+
+def test_varints_are_limited_to_64_bits() -> None:
+    largest = C._varint(2**64 - 1)
+    assert C._Reader(memoryview(largest), "x").varint() == 2**64 - 1
+    for too_big in (largest[:-1] + b"\x02", largest[:-1] + b"\x7f", largest[:-1] + b"\x81\x00"):
+        with pytest.raises(ArchiveError, match="more than 64 bits"):
+            C._Reader(memoryview(too_big), "x").varint()

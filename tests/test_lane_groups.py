@@ -114,3 +114,16 @@ def test_an_interrupt_stops_every_group_within_a_round(monkeypatch: pytest.Monke
     with pytest.raises(KeyboardInterrupt):
         run_groups(_slow_work(calls), plan_groups(4, 2, 2), torch.device("cpu"))
     assert max(calls) < 100 and time.perf_counter() - start < 0.5
+
+
+@pytest.mark.parametrize("key, value", [("qp", 10**30), ("qp", -1), ("qp", 17), ("pad", [10**30])])
+def test_hostile_side_info_is_an_archive_error(tiny_model, key: str, value: object) -> None:
+    """qp and padding counts behind a valid CRC: any integer is refused cleanly (no OverflowError)."""
+    result = api.encode_images(_images(2), tiny_model, lanes=2, tile=0, mode="dataset", lane_groups=1)
+    archive = decode_archive(result.data)
+    if key == "qp":
+        archive.extra["qp"] = value
+    else:
+        archive.images[0].extra["pad"] = value
+    with pytest.raises(ArchiveError):
+        api.decode_archive_images(decode_archive(encode_archive(archive)), tiny_model)

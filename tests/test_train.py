@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import dataclasses
 import json
 import os
 import pickle
@@ -17,7 +16,6 @@ from PIL import Image
 
 from aribbps.config import get_config
 from aribbps.models import build_nets
-from aribbps.models.deepen import deepen
 from aribbps.models.deepen import deepen
 from aribbps.train import (
     InsObjective,
@@ -438,3 +436,21 @@ def test_weight_average_update_and_swap() -> None:
     assert torch.equal(other.average[0], avg.average[0])
     with pytest.raises(ValueError, match="does not fit"):
         WeightAverage([torch.nn.Parameter(torch.zeros(4))], 0.9).load_state_dict(state)
+
+
+def test_ema_resumed_from_a_checkpoint_without_one_starts_from_its_weights(
+    images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    train(_opts(images, run, mode="ins", num_iters=4, valid_interval=4, dropout=0.0))
+    before = load_checkpoint(run)["modules"]["ins"]
+    train(_opts(images, run, mode="ins", num_iters=5, valid_interval=5, dropout=0.0, ema=0.5, resume=str(run)))
+    assert "no weight average" in capsys.readouterr().err
+    ckpt = load_checkpoint(run)
+    after = ckpt["modules"]["ins"]
+    names = [n for n, p in build_nets(TINY)[1].named_parameters()]
+    d = 5 / 14  # the ramp min(0.5, (1 + t) / (10 + t)) at step t = 4
+    for name, avg in zip(names, ckpt["ema"]["average"]):
+        assert torch.allclose(avg, d * before[name] + (1 - d) * after[name], atol=1e-6), name
+    train(_opts(images, run, mode="ins", num_iters=6, valid_interval=6, dropout=0.0, resume=str(run)))
+    assert "weight average is dropped" in capsys.readouterr().err

@@ -370,7 +370,13 @@ def _resolve_model(
             )
         return stored, None
     if opts.init is not None:
-        cfg, sig, ins, _ = load_model(opts.init)
+        try:
+            cfg, sig, ins, _ = load_model(opts.init)
+        except ModelLoadError:
+            if given is None:
+                raise
+            # A sig.pth/ins.pth folder without config.json: the config is --config's.
+            cfg, sig, ins, _ = load_model(opts.init, given)
         if given is None or given == cfg:
             return cfg, (sig, ins)
         problem = deepening_problem(cfg, given)
@@ -537,11 +543,12 @@ class Trainer:
             self.optimizer, step_size=opts.decay_interval, gamma=opts.decay_rate
         )
         self.iteration = 0
-        self.ema = WeightAverage(params, opts.ema) if opts.ema else None
         self.best: float | None = None
         self.wall_before = 0.0  # wall time of the runs this one resumes
         if ckpt is not None:
             self._restore(ckpt)
+        # After the restore: an average started here starts from the checkpoint's weights.
+        self.ema = self._weight_average(params, ckpt)
         self.model: nn.Module = self.module
         if info.world_size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -560,11 +567,6 @@ class Trainer:
         self.iteration = int(ckpt["iteration"])
         self.best = ckpt["best_valid_bpsp"]
         self.wall_before = float(ckpt["wall_time"])
-        if self.ema is not None:
-            if ckpt.get("ema") is not None:
-                self.ema.load_state_dict(ckpt["ema"])
-            else:
-                self._warn("the checkpoint has no weight average: --ema starts one from its weights")
         same_layout = (ckpt["world_size"], ckpt["batch_size"]) == (self.info.world_size, self.opts.batch_size)
         if same_layout and ckpt["seed"] == self.opts.seed:
             self.data.epoch = int(ckpt["epoch"])
@@ -578,6 +580,24 @@ class Trainer:
                 "the data order restarts at the next epoch, so the run is not bit-exact"
             )
             torch.manual_seed(self.opts.seed + self.info.rank + self.iteration)
+
+    def _weight_average(self, params: Sequence[Tensor], ckpt: Mapping[str, Any] | None) -> WeightAverage | None:
+        """The --ema average: the checkpoint's when it has one, else started from the current weights."""
+        saved = ckpt.get("ema") if ckpt is not None else None
+        if not self.opts.ema:
+            if saved is not None:
+                self._warn("--ema is off: the checkpoint's weight average is dropped and the exports hold the "
+                           "raw weights")
+            return None
+        average = WeightAverage(params, self.opts.ema)
+        if saved is not None:
+            average.load_state_dict(saved)
+            if saved["decay"] != self.opts.ema:
+                self._warn(f"the checkpoint's weight average used --ema {saved['decay']}, this run "
+                           f"{self.opts.ema}: the run is not bit-exact")
+        elif ckpt is not None:
+            self._warn("the checkpoint has no weight average: --ema starts one from its weights")
+        return average
 
     def _warn(self, text: str) -> None:
         if self.info.master:
