@@ -247,6 +247,13 @@ CONFIGS: dict[str, ModelConfig] = {
 }
 
 
+# The shipped default: ``small`` with deeper residual stacks, grown from a
+# trained ``small`` model by ``--init`` (aribbps/models/deepen.py).
+CONFIGS["medium"] = dataclasses.replace(
+    CONFIGS["small"], name="medium", sig_plane_depth=5, ins_plane_depth=5, entropy_depth=2, ins_entropy_depth=2
+)
+
+
 def _without_latent(cfg: ModelConfig) -> ModelConfig:
     """A config's context-only variant: no latent model, so one level of padding suffices."""
     return dataclasses.replace(cfg, name=f"{cfg.name}-context", n_layers=1, use_latent=False, pad_multiple=0)

@@ -114,6 +114,13 @@ def test_small_config_size() -> None:
     assert 300_000 <= n <= 1_200_000
 
 
+def test_medium_is_small_deepened() -> None:
+    from aribbps.models.deepen import deepening_problem
+
+    assert deepening_problem(CONFIGS["small"], CONFIGS["medium"]) is None
+    assert CONFIGS["medium"] != CONFIGS["small"]
+
+
 # --- masked lattice convolution -------------------------------------------------
 
 @pytest.mark.parametrize("s", [1, 2, 3, 4])
