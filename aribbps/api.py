@@ -30,7 +30,7 @@ from aribbps.errors import ArchiveError, AribError, ChecksumError, ImageFormatEr
 from aribbps.imageio import (MODE_CHANNELS, LoadedImage, join_alpha, load_image, output_name, pixel_checksum,
                              save_image, split_alpha)
 from aribbps.lane_groups import EXTRA_KEY as GROUPS_KEY
-from aribbps.lane_groups import (LaneGroup, default_groups, group_streams, merge_stats, plan_groups,
+from aribbps.lane_groups import (LaneGroup, coder_threads, default_groups, group_streams, merge_stats, plan_groups,
                                  recorded_groups, run_groups, scatter)
 from aribbps.tiling import Tile, assemble, cut_tiles, tile_grid
 from aribbps.zoo import LoadedModel, load, resolve_device
@@ -193,7 +193,7 @@ def _encode_items(items: Sequence[np.ndarray], model: LoadedModel, mode: str, la
     if requested < 1:
         raise AribError(f"lane groups must be at least 1, got {requested}")
     groups = plan_groups(len(items), lanes, requested)
-    codecs = [_codec(model, mode, g.lanes, threads) for g in groups]
+    codecs = [_codec(model, mode, g.lanes, coder_threads(threads, groups)) for g in groups]
     parts = run_groups(lambda i, g, report: codecs[i].encode([items[j] for j in g.items], report), groups,
                        model.device, progress)
     streams = [stream for part_streams, _ in parts for stream in part_streams]
@@ -342,12 +342,12 @@ def _decode_items(archive: Archive, model: LoadedModel, refs: Sequence[tuple[_It
     except ValueError as exc:
         raise ArchiveError(str(exc)) from None
     try:
-        codecs = [_codec(model, archive.mode, g.lanes, threads, kernel_path) for g in groups]
+        codecs = [_codec(model, archive.mode, g.lanes, coder_threads(threads, groups), kernel_path) for g in groups]
     except AribError as exc:
         raise ArchiveError(f"cannot decode this archive: {exc}") from None
     side = _side_info(archive, refs) if isinstance(codecs[0], AribCodec) else None
 
-    def decode_group(index: int, group: LaneGroup, report: Progress) -> list[np.ndarray]:
+    def decode_group(index: int, group: LaneGroup, report: Progress | None) -> list[np.ndarray]:
         codec = codecs[index]
         group_shapes = [shapes[i] for i in group.items]
         streams = group_streams(archive.lane_streams, group)

@@ -16,6 +16,7 @@ absent = 1) and the decoder rebuilds the same groups.
 from __future__ import annotations
 
 import dataclasses
+import os
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
@@ -70,8 +71,17 @@ class Cancelled(Exception):
 Report = Callable[[int], None]
 
 
-def run_groups(work: Callable[[int, LaneGroup, Report], R], groups: Sequence[LaneGroup], device: torch.device,
-               progress: Report | None = None) -> list[R]:
+def coder_threads(threads: int, groups: Sequence[LaneGroup]) -> int:
+    """Coder threads per group: ``threads`` (0 = one per CPU) shared out, so that
+    concurrent groups do not each start one thread per CPU."""
+    if len(groups) == 1:
+        return threads
+    total = threads or os.cpu_count() or 1
+    return max(1, total // len(groups))
+
+
+def run_groups(work: Callable[[int, LaneGroup, Report | None], R], groups: Sequence[LaneGroup],
+               device: torch.device, progress: Report | None = None) -> list[R]:
     """``work(index, group, report)`` for every group, concurrently when there are several.
 
     ``work`` must pass ``report`` to its codec as the progress callback (the
@@ -86,7 +96,7 @@ def run_groups(work: Callable[[int, LaneGroup, Report], R], groups: Sequence[Lan
     its result is returned (the results are host data).
     """
     if len(groups) == 1:
-        return [work(0, groups[0], progress or _ignore)]
+        return [work(0, groups[0], progress)]
     caller = torch.cuda.current_stream(device) if device.type == "cuda" else None
     stop = threading.Event()
     lock = threading.Lock()
@@ -121,10 +131,6 @@ def run_groups(work: Callable[[int, LaneGroup, Report], R], groups: Sequence[Lan
     if first is not None:
         raise first
     return [f.result() for f in futures]
-
-
-def _ignore(n: int) -> None:
-    pass
 
 
 def merge_stats(parts: Sequence[S], groups: Sequence[LaneGroup], n_items: int) -> S:

@@ -38,17 +38,6 @@ from aribbps.zoo import LoadedModel
 PAPER_SECONDS_PER_IMAGE = {"encode": 0.76, "decode": 0.72}  # cifar10 config, 32x32, this machine
 
 
-def random_nets(config: str, device: str = "cpu", seed: int = 0, latent: bool = False) -> tuple[PlaneNets, int]:
-    """Networks of a config with random weights, with or without the latent model."""
-    cfg = dataclasses.replace(get_config(config), use_latent=latent)
-    torch.manual_seed(seed)
-    sig, ins = build_nets(cfg)
-    with torch.no_grad():
-        for p in list(sig.parameters()) + list(ins.parameters()):
-            p.add_(torch.randn_like(p) * 0.05)
-    return PlaneNets(sig.eval().to(device), ins.eval().to(device)), cfg.pad_multiple
-
-
 def natural_like_images(n: int, size: int, seed: int = 0) -> list[np.ndarray]:
     """Smooth random fields plus noise: image-like statistics without a data set."""
     rng = np.random.default_rng(seed)
@@ -60,12 +49,16 @@ def natural_like_images(n: int, size: int, seed: int = 0) -> list[np.ndarray]:
     return images
 
 
-def random_model(config: str, device: str = "cpu", latent: bool = False) -> LoadedModel:
-    """:func:`random_nets` as a model the API codes with."""
-    nets, _ = random_nets(config, device, latent=latent)
+def random_model(config: str, device: str = "cpu", latent: bool = False, seed: int = 0) -> LoadedModel:
+    """A config's networks with random weights (with or without the latent model), as a model the API codes with."""
     cfg = dataclasses.replace(get_config(config), use_latent=latent)
-    digest = bytes.fromhex(model_hash(nets.sig, nets.ins))
-    return LoadedModel(cfg, nets, digest, "random", torch.device(device))
+    torch.manual_seed(seed)
+    sig, ins = build_nets(cfg)
+    with torch.no_grad():
+        for p in list(sig.parameters()) + list(ins.parameters()):
+            p.add_(torch.randn_like(p) * 0.05)
+    nets = PlaneNets(sig.eval().to(device), ins.eval().to(device))
+    return LoadedModel(cfg, nets, bytes.fromhex(model_hash(sig, ins)), "random", torch.device(device))
 
 
 def measure(config: str, size: int, n_images: int, lanes: int, device: str = "cpu", mode: str = "context",
@@ -124,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
 @pytest.mark.benchmark(group="codec-32px-cifar10")
 @pytest.mark.parametrize("direction", ["encode", "decode"])
 def test_codec_cifar10_32px(benchmark, direction: str) -> None:
-    nets, multiple = random_nets("cifar10")
+    model = random_model("cifar10")
+    nets, multiple = model.nets, model.cfg.pad_multiple
     images = natural_like_images(8, 32)
     codec = PlaneCodec(nets, multiple, 8)
     streams, _ = codec.encode(images)
