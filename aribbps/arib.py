@@ -20,7 +20,7 @@ pushes the significant planes, pushes the latents under the prior.
 
 Modes:
 * ``single``: each item's qp is chosen from the bits its own insignificant
-  planes provide (about bits / latent dimensions, clamped to [3, 10]); if the
+  planes provide (about bits / latent dimensions, clamped to [2, 10]); if the
   stack runs dry while sampling, the round is rolled back and the short lane
   retried with a lower qp, then with padding words (auxiliary bits).
 * ``dataset``: qp = 10; each lane is a chain, so an item's latents are
@@ -28,7 +28,15 @@ Modes:
   coded first (decoded last) of a lane can lack bits; it gets a lower qp as
   in single mode (a departure from the fixed qp of DESIGN 1.6, so that short
   chains, e.g. as many lanes as images, cost no more than single images) and
-  padding only where even qp = 3 needs more.
+  padding only where even qp = 2 needs more.
+
+The lowest qp the encoder uses is 2, not the paper's 3 (DESIGN 1.6): on
+smooth images the insignificant planes hold too few bits even for qp = 3,
+and the padding that makes up for them costs more than the coarser latent
+bins of qp = 2 (measured in ``docs/default_model.md``: 1-2% smaller
+single-image files, up to 9% on smooth 256x256 crops). qp = 1 lost to
+padding at qp = 2 there. The decoder accepts every qp the coder supports
+(1..16).
 
 The decoder reads qp and the padding word count per item; everything else is
 recomputed from the integers it decodes, exactly as the encoder built them.
@@ -46,16 +54,17 @@ from aribbps.codec import (
     CodingStats, ItemShape, PlaneCodec, PlaneNets, StepCodes, _check_item, _replicate_pad, _Round, plan_rounds,
 )
 from aribbps.coder import LATENT_PRECISION_BITS, LaneCoder, latent_freqs
-from aribbps.latent_math import bin_values
+from aribbps.latent_math import LATENT_MAX_QP, LATENT_MIN_QP, bin_values
 from aribbps.models.latent import LatentModel
 from aribbps.overlap import prefetched
 from kernels import dispatch
 
 ARIB_MODES = ("single", "dataset")
-QP_MIN, QP_MAX = 3, 10
+QP_MIN, QP_MAX = 2, 10  # the encoder's choices; the decoder accepts LATENT_MIN_QP..LATENT_MAX_QP
 QP_DATASET = 10
 _PADDING_SEED = 0x41524942_00000000  # "ARIB" << 32; plus the item index
 _MAX_ATTEMPTS = 64
+_PAD_MARGIN_BITS = 64  # what trimmed padding leaves beyond the last sample's need
 
 
 @dataclass
@@ -78,8 +87,21 @@ class AribStats(CodingStats):
         return self.quantised_bits + self.prior_bits - self.posterior_bits + self.padding_bits
 
 
+def _trimmed_padding(pad: np.ndarray, left_bits: np.ndarray) -> np.ndarray:
+    """Padding words to try instead of ``pad``, given the bits a successful sample left on each lane.
+
+    The encoder sizes padding generously (its first guess adds 256 bits, and
+    a failure doubles it), and every bit the sample does not consume stays in
+    the file. A sample out of different padding differs, so the trimmed
+    padding keeps a margin of :data:`_PAD_MARGIN_BITS`; the caller goes
+    back to ``pad`` on any lane where it still runs dry.
+    """
+    spare_words = np.maximum(left_bits - _PAD_MARGIN_BITS, 0) // 32
+    return np.where(pad > 0, np.maximum(pad - spare_words, 0), pad)
+
+
 def choose_qp(initial_bits: np.ndarray, latent_dims: int) -> np.ndarray:
-    """qp per item from the initial bits available: about bits / dims, in [3, 10]."""
+    """qp per item from the initial bits available: about bits / dims, in [QP_MIN, QP_MAX]."""
     return np.clip(np.floor(initial_bits / max(latent_dims, 1)), QP_MIN, QP_MAX).astype(np.uint8)
 
 
@@ -134,6 +156,7 @@ class AribCodec(PlaneCodec):
         dims = self.latent.latent_dims(rnd.height, rnd.width)
         snapshot = coder.to_bytes()
         pad = np.zeros(n, np.int64)
+        untrimmed: np.ndarray | None = None  # padding that worked, kept while a trimmed one is tried
         qp: np.ndarray | None = None
         for attempt in range(_MAX_ATTEMPTS):
             if attempt:
@@ -146,7 +169,15 @@ class AribCodec(PlaneCodec):
                 qp = self._initial_qp(initial, coder.num_bits()[:n], dims)
             sample = self._sample_posterior(coder, rnd, bottom_up, qp)
             if sample.ok.all():
+                if untrimmed is None and pad.any():
+                    trimmed = _trimmed_padding(pad, coder.num_bits()[:n] - before)
+                    if (trimmed < pad).any():
+                        untrimmed, pad = pad, trimmed
+                        continue
                 break
+            if untrimmed is not None:  # a trimmed lane ran dry: its untrimmed padding samples as before
+                pad = np.where(sample.ok, pad, untrimmed)
+                continue
             for j in np.flatnonzero(~sample.ok):
                 if qp[j] > QP_MIN:
                     qp[j] -= 1
@@ -187,7 +218,7 @@ class AribCodec(PlaneCodec):
 
         Returns:
             ``(initial_bits, qp)``: float64 (n,) bits on each lane after
-            the insignificant planes, and uint8 (n,) qp in [3, 10].
+            the insignificant planes, and uint8 (n,) qp in [QP_MIN, QP_MAX].
         """
         shapes = [_check_item(item) for item in items]
         initial = np.zeros(len(items))
@@ -264,8 +295,8 @@ class AribCodec(PlaneCodec):
         if len(qp) != len(shapes) or len(padding_words) != len(shapes):
             raise ValueError("need one qp and one padding count per item")
         # Checked as Python ints first: a damaged header may hold any integer, even beyond int64.
-        if any(not QP_MIN <= int(q) <= 16 for q in qp):
-            raise ValueError(f"qp values must lie in [{QP_MIN}, 16]")
+        if any(not LATENT_MIN_QP <= int(q) <= LATENT_MAX_QP for q in qp):
+            raise ValueError(f"qp values must lie in [{LATENT_MIN_QP}, {LATENT_MAX_QP}]")
         if any(not 0 <= int(w) <= 1 << 28 for w in padding_words):
             raise ValueError("padding word counts are out of range")
         qp_all = np.asarray(qp, np.int64)

@@ -62,8 +62,8 @@ LATENT_D_FRAC_BITS = 8
 #: Largest ``|D|`` (``|d| <= 9.5``). Must equal the coder's ``kLatentDMax``
 #: (``aribbps.coder.LATENT_D_MAX``); a test checks it.
 LATENT_D_MAX = 2432
-#: Precision range of the helpers here. The coder accepts ``qp`` in 3..16
-#: (``kLatentMinQp``/``kLatentMaxQp``); training may also use 1 and 2.
+#: Precision range of the helpers here and of the coder (``kLatentMinQp``/
+#: ``kLatentMaxQp``); the encoder chooses within ``aribbps.arib.QP_MIN..QP_MAX``.
 LATENT_MIN_QP = 1
 LATENT_MAX_QP = 16
 

@@ -63,10 +63,8 @@ void check_padding_counts(const int64_t* words, size_t lanes) {
 }
 
 void check_qp(uint8_t qp, size_t lane) {
-  if (qp < kLatentMinQp || qp > kLatentMaxQp) {
-    throw InvalidArgument("latent precision qp=" + std::to_string(qp) + " is outside [3, 16] (lane " +
-                          std::to_string(lane) + ")");
-  }
+  const std::string qp_error = latent_qp_error(qp);
+  if (!qp_error.empty()) throw InvalidArgument(qp_error + " (lane " + std::to_string(lane) + ")");
 }
 
 void pop_latent_lane(RansStack& s, const int32_t* d_fixed, uint8_t qp, int64_t begin, int64_t end, uint32_t* out) {

@@ -51,7 +51,7 @@ class LaneCoder {
   void push_uniform(const uint32_t* values, int k, const int64_t* offsets);
   void pop_uniform(int k, const int64_t* offsets, uint32_t* out);
 
-  // Latent bins (latent.hpp): d_fixed per item, qp per lane in [3, 16].
+  // Latent bins (latent.hpp): d_fixed per item, qp per lane in [kLatentMinQp, kLatentMaxQp] = [1, 16].
   void push_latent(const uint32_t* bins, const int32_t* d_fixed, const uint8_t* qp, const int64_t* offsets);
   void pop_latent(const int32_t* d_fixed, const uint8_t* qp, const int64_t* offsets, uint32_t* out);
   // Bits-back sampling that tolerates short stacks: like pop_latent, but a

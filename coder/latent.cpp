@@ -84,10 +84,15 @@ uint64_t latent_find_bin(const LatentWeights& w, uint64_t k_bins, uint64_t t) {
   return lo;
 }
 
+std::string latent_qp_error(int qp) {
+  if (qp >= kLatentMinQp && qp <= kLatentMaxQp) return {};
+  return "latent precision qp=" + std::to_string(qp) + " is outside [" + std::to_string(kLatentMinQp) + ", " +
+         std::to_string(kLatentMaxQp) + "]";
+}
+
 uint32_t latent_freq(int32_t d_fixed, int qp, uint32_t bin) {
-  if (qp < kLatentMinQp || qp > kLatentMaxQp) {
-    throw InvalidArgument("latent precision qp=" + std::to_string(qp) + " is outside [3, 16]");
-  }
+  const std::string qp_error = latent_qp_error(qp);
+  if (!qp_error.empty()) throw InvalidArgument(qp_error);
   const uint64_t k_bins = uint64_t{1} << qp;
   if (bin >= k_bins) {
     throw InvalidArgument("latent bin " + std::to_string(bin) + " is outside [0, 2^" +

@@ -18,6 +18,7 @@
 //     the decoder on any platform get the same table.
 #pragma once
 #include <cstdint>
+#include <string>
 
 namespace arib {
 
@@ -25,7 +26,7 @@ constexpr int kLatentPrecisionBits = 24;               // M = 2^24
 constexpr uint64_t kLatentTotal = uint64_t{1} << kLatentPrecisionBits;
 constexpr int kLatentDFracBits = 8;                    // d is quantised to 1/256
 constexpr int32_t kLatentDMax = 2432;                  // |d| <= 9.5
-constexpr int kLatentMinQp = 3;
+constexpr int kLatentMinQp = 1;  // K = 2 bins: the CDF contract holds for every K >= 2
 constexpr int kLatentMaxQp = 16;
 
 // The (a, b) weights of the posterior for a fixed-point offset D (clamped).
@@ -45,6 +46,9 @@ inline uint64_t latent_cdf(const LatentWeights& w, uint64_t k_bins, uint64_t i) 
 // Finds the bin whose [cdf(i), cdf(i+1)) holds t (0 <= t < M). Exact: a
 // floating-point guess is verified and corrected with integer CDF values.
 uint64_t latent_find_bin(const LatentWeights& w, uint64_t k_bins, uint64_t t);
+
+// Why a qp is refused: "latent precision qp=Q is outside [1, 16]"; empty if valid.
+std::string latent_qp_error(int qp);
 
 // Frequency (out of M) of bin `bin` for offset D at precision qp; throws
 // InvalidArgument if qp or bin is out of range.

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from aribbps import arib
 from aribbps.arib import AribCodec
 from aribbps.codec import PlaneNets
 from aribbps.config import get_config
@@ -45,7 +46,7 @@ def test_round_trip(mode: str, lanes: int) -> None:
         np.testing.assert_array_equal(got, want)
     if mode == "dataset":  # chains give qp 10; only the first-coded items of short chains may get less
         assert (stats.qp == 10).mean() >= 0.5
-    assert ((stats.qp >= 3) & (stats.qp <= 10)).all()
+    assert ((stats.qp >= arib.QP_MIN) & (stats.qp <= arib.QP_MAX)).all()
 
 
 @pytest.mark.parametrize("mode", ["single", "dataset"])
@@ -73,6 +74,48 @@ def test_padding_provides_initial_bits_when_even_the_lowest_qp_needs_more(monkey
                                                              stats.qp.tolist(), stats.padding_words.tolist())
     for got, want in zip(decoded, items):
         np.testing.assert_array_equal(got, want)
+
+
+def test_a_starved_image_gets_qp_2_before_any_padding() -> None:
+    """A flat image's insignificant planes cost almost nothing: qp falls to QP_MIN = 2, then pads."""
+    nets, multiple = arib_nets()
+    with torch.no_grad():  # the INS net predicts 0 for every low bit with P(1) = σ(-8)
+        for name, p in nets.ins.named_parameters():
+            if name.endswith("entropy.conv_out.weight"):
+                p.zero_()
+            elif name.endswith("entropy.conv_out.bias"):
+                p.copy_(torch.tensor([-8.0, -8.0, -8.0, 0.0, 0.0, 0.0]))
+    items = [np.full((3, 16, 16), 128, np.uint8)]  # low 4 bits all 0
+    streams, stats = AribCodec(nets, multiple, 1, "single").encode(items)
+    assert arib.QP_MIN == 2 and stats.qp[0] == 2 and stats.padding_words[0] > 0
+    # Trimmed: the padding exceeds what the sample took by at most the margin and one word.
+    assert 32 * stats.padding_words[0] <= stats.posterior_bits[0] + arib._PAD_MARGIN_BITS + 32
+    decoded = AribCodec(nets, multiple, 1, "single").decode([items[0].shape], streams, stats.qp.tolist(),
+                                                             stats.padding_words.tolist())
+    np.testing.assert_array_equal(decoded[0], items[0])
+
+
+def test_trimmed_padding_keeps_a_margin_and_leaves_unpadded_lanes_alone() -> None:
+    pad = np.array([0, 10, 10, 3])
+    left = np.array([500, 64 + 32 * 4 + 5, 20, 10_000])
+    np.testing.assert_array_equal(arib._trimmed_padding(pad, left), [0, 6, 10, 0])
+
+
+def test_qp_1_round_trips_and_the_decoder_refuses_qp_outside_the_coder_range(monkeypatch) -> None:
+    """The encoder never picks qp 1 itself, but the format allows it: the coder supports 1..16."""
+    monkeypatch.setattr(arib, "QP_MIN", 1)
+    monkeypatch.setattr(AribCodec, "_initial_qp", lambda self, own, stack, dims: np.full(len(own), 1, np.uint8))
+    nets, multiple = arib_nets()
+    items = _items(np.random.default_rng(3), 5)
+    streams, stats = AribCodec(nets, multiple, 2, "dataset").encode(items)
+    assert (stats.qp == 1).all()
+    codec = AribCodec(nets, multiple, 2, "dataset")
+    decoded = codec.decode([i.shape for i in items], streams, stats.qp.tolist(), stats.padding_words.tolist())
+    for got, want in zip(decoded, items):
+        np.testing.assert_array_equal(got, want)
+    for bad in (0, 17):
+        with pytest.raises(ValueError, match=r"qp values must lie in \[1, 16\]"):
+            codec.decode([i.shape for i in items], streams, [bad] * len(items), stats.padding_words.tolist())
 
 
 def test_stream_size_matches_the_bits_back_accounting() -> None:

@@ -41,7 +41,7 @@ def _qp_model(path: Path) -> Path:
 
     Then an image's initial bits grow with the share ``f`` of ones in its 4
     low bits: about 0.07 bits per 0 and 4.4 per 1, so qp = floor(bits /
-    dims) spreads over 3..10 as ``f`` goes from 0 to ~0.15 (a random model
+    dims) spreads over 2..10 as ``f`` goes from 0 to ~0.15 (a random model
     would give every image qp 10 and the list would prove little).
     """
     torch.manual_seed(0)
@@ -103,7 +103,7 @@ def test_generate_finetune_matches_the_codecs_choice_by_name(
     assert stored["weights_sha256"] == load(str(qp_model)).weights_hash.hex()
     qp = read_qp_list(folder / "qp_list.json").qp
     assert set(qp) == set(images)
-    assert all(3 <= q <= 10 for q in qp.values())
+    assert all(arib.QP_MIN <= q <= arib.QP_MAX for q in qp.values())
     assert len(set(qp.values())) >= 4, qp  # the images really get different qp
 
     # The same images under shuffled names (and another folder): the list follows the names.
@@ -176,7 +176,8 @@ def test_read_qp_list_formats_and_errors(tmp_path: Path) -> None:
     tsv = tmp_path / "list.tsv"
     tsv.write_text("# name\tqp\na b.png\t4\nsub/c.png\t9\n")
     assert read_qp_list(tsv).qp == {"a b.png": 4, "sub/c.png": 9}
-    for text, message in [("{\"a.png\": 2}", "expected an integer in"), ("{\"a.png\": 7.5}", "expected an integer"),
+    for text, message in [("{\"a.png\": 1}", "expected an integer in"), ("{\"a.png\": 17}", "expected an integer in"),
+                          ("{\"a.png\": 7.5}", "expected an integer"),
                           ("a.png 7\n", "expected 'name<TAB>qp'"), ("{}", "empty"),
                           ("{\"format\": \"other\", \"qp\": {}}", "not an aribbps qp list")]:
         bad = tmp_path / "bad.json"

@@ -50,7 +50,7 @@ from aribbps.zoo import LoadedModel, load
 QP_LIST_FILE = "qp_list.json"
 QP_LIST_FORMAT = "aribbps-qp-list"
 QP_LIST_VERSION = 1
-#: Largest qp a list may hold: the decoder's bound (choose_qp gives 3..10).
+#: Largest qp a list may hold: the decoder's bound (choose_qp gives QP_MIN..QP_MAX = 2..10).
 QP_LIST_MAX = 16
 
 
@@ -112,7 +112,7 @@ def read_qp_list(path: str | os.PathLike[str]) -> QpList:
 
     Raises:
         QpListError: missing or unreadable file, bad format, or a qp that
-            is not an integer in [3, 16].
+            is not an integer in [QP_MIN, QP_LIST_MAX] = [2, 16].
     """
     p = Path(path)
     try:
