@@ -1,0 +1,56 @@
+"""The model shipped in the package: it loads, codes the shipped samples bit-exactly, and beats PNG on them."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from aribbps import api, zoo
+from aribbps.baselines import available_codecs, measure
+from aribbps.cli import EXIT_OK, main
+from aribbps.container import decode_archive
+from aribbps.imageio import load_image
+from aribbps.weights import load_model
+
+SAMPLES = Path(__file__).resolve().parents[1] / "samples"
+SMALL_SAMPLES = sorted(SAMPLES.glob("*_64.png"))
+
+
+@pytest.fixture(scope="module")
+def default_model() -> zoo.LoadedModel:
+    return zoo.load()
+
+
+def test_the_default_model_is_the_file_in_the_package(default_model: zoo.LoadedModel) -> None:
+    assert Path(default_model.source) == zoo.DEFAULT_MODEL and zoo.DEFAULT_MODEL.is_file()
+    cfg, _, _, weights_hash = load_model(zoo.DEFAULT_MODEL)
+    assert default_model.weights_hash.hex() == weights_hash
+    assert default_model.cfg.name == cfg.name
+    assert default_model.nets.sig.latent is not None  # it codes in the ArIB modes
+
+
+@pytest.mark.parametrize("mode", ["single", "dataset"])
+def test_the_default_model_round_trips_the_samples_and_beats_png(default_model: zoo.LoadedModel, mode: str) -> None:
+    assert len(SMALL_SAMPLES) == 4
+    images = api.load_images(SMALL_SAMPLES)
+    if mode == "single":
+        blobs = [api.encode_images([image], default_model, lanes=1, mode=mode).data for image in images]
+    else:
+        blobs = [api.encode_images(images, default_model, lanes=2, mode=mode).data]
+    decoded = [d for blob in blobs for d in api.decode_archive_images(decode_archive(blob), default_model)]
+    assert len(decoded) == len(images)
+    for got, image in zip(decoded, images):
+        np.testing.assert_array_equal(got.pixels, image.pixels)
+    png = next((c for c in available_codecs() if c.name == "PNG"), None)
+    if png is not None:  # side by side on the same images, container included
+        assert sum(map(len, blobs)) < measure(png, [i.pixels for i in images]).bytes
+
+
+def test_the_cli_uses_the_default_model_without_model(tmp_path: Path) -> None:
+    source = SMALL_SAMPLES[0]
+    arib = tmp_path / "one.arib"
+    assert main(["compress", str(source), "-o", str(arib), "-q"]) == EXIT_OK
+    assert main(["decompress", str(arib), "-o", str(tmp_path / "out"), "-q"]) == EXIT_OK
+    (restored,) = (tmp_path / "out").iterdir()
+    np.testing.assert_array_equal(load_image(restored).pixels, load_image(source).pixels)
