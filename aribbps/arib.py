@@ -169,16 +169,18 @@ class AribCodec(PlaneCodec):
                 qp = self._initial_qp(initial, coder.num_bits()[:n], dims)
             sample = self._sample_posterior(coder, rnd, bottom_up, qp)
             if sample.ok.all():
-                if untrimmed is None and pad.any():
+                if untrimmed is None and pad.any() and attempt + 2 < _MAX_ATTEMPTS:
                     trimmed = _trimmed_padding(pad, coder.num_bits()[:n] - before)
                     if (trimmed < pad).any():
                         untrimmed, pad = pad, trimmed
                         continue
                 break
-            if untrimmed is not None:  # a trimmed lane ran dry: its untrimmed padding samples as before
-                pad = np.where(sample.ok, pad, untrimmed)
-                continue
-            for j in np.flatnonzero(~sample.ok):
+            failing = ~sample.ok
+            if untrimmed is not None:  # a trimmed lane that ran dry samples as before from its untrimmed padding
+                reverted = failing & (pad != untrimmed)
+                pad = np.where(reverted, untrimmed, pad)
+                failing &= ~reverted
+            for j in np.flatnonzero(failing):
                 if qp[j] > QP_MIN:
                     qp[j] -= 1
                 else:

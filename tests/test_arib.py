@@ -109,6 +109,7 @@ def test_qp_1_round_trips_and_the_decoder_refuses_qp_outside_the_coder_range(mon
     items = _items(np.random.default_rng(3), 5)
     streams, stats = AribCodec(nets, multiple, 2, "dataset").encode(items)
     assert (stats.qp == 1).all()
+    monkeypatch.undo()  # the decoder's range does not depend on the encoder's lowest qp
     codec = AribCodec(nets, multiple, 2, "dataset")
     decoded = codec.decode([i.shape for i in items], streams, stats.qp.tolist(), stats.padding_words.tolist())
     for got, want in zip(decoded, items):

@@ -171,8 +171,8 @@ def test_generate_finetune_refuses_a_model_without_latent(model_file: Path, qp_d
 
 def test_read_qp_list_formats_and_errors(tmp_path: Path) -> None:
     plain = tmp_path / "plain.json"
-    plain.write_text(json.dumps({"a b.png": 3, "c.png": 10}))
-    assert read_qp_list(plain).qp == {"a b.png": 3, "c.png": 10}
+    plain.write_text(json.dumps({"a b.png": 2, "c.png": 10}))
+    assert read_qp_list(plain).qp == {"a b.png": 2, "c.png": 10}
     tsv = tmp_path / "list.tsv"
     tsv.write_text("# name\tqp\na b.png\t4\nsub/c.png\t9\n")
     assert read_qp_list(tsv).qp == {"a b.png": 4, "sub/c.png": 9}

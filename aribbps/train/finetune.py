@@ -2,7 +2,7 @@
 
 In single-image mode the codec picks each image's latent precision ``qp``
 from the bits its own insignificant planes put on the stack (the *initial
-bits*): ``qp = clamp(floor(initial_bits / latent_dims), 3, 10)``
+bits*): ``qp = clamp(floor(initial_bits / latent_dims), 2, 10)``
 (:func:`aribbps.arib.choose_qp`, DESIGN.md 1.6). Fine-tuning (DESIGN.md 1.7)
 trains the SIG net and its latent model with the discretisation each image
 will meet, so it needs that qp for every training image: the *qp list*,
