@@ -33,10 +33,11 @@ Modes:
 The lowest qp the encoder uses is 2, not the paper's 3 (DESIGN 1.6): on
 smooth images the insignificant planes hold too few bits even for qp = 3,
 and the padding that makes up for them costs more than the coarser latent
-bins of qp = 2 (measured in ``docs/default_model.md``: 1-2% smaller
-single-image files, up to 9% on smooth 256x256 crops). qp = 1 lost to
-padding at qp = 2 there. The decoder accepts every qp the coder supports
-(1..16).
+bins of qp = 2 (``bench/single_qp_floor.py``, figures in
+``docs/default_model.md``: 1.2-1.7% smaller single-image files on the
+held-out sets than with qp 3). qp = 1 lost to padding at qp = 2 there. The
+decoder accepts every qp the coder supports (1..16). Padding is trimmed
+after a successful sample (:func:`_trimmed_padding`).
 
 The decoder reads qp and the padding word count per item; everything else is
 recomputed from the integers it decodes, exactly as the encoder built them.
