@@ -11,6 +11,20 @@ from aribbps.models.bitplane_net import build_nets
 from aribbps.weights import save_model
 
 
+def ins_predicts_zero_low_bits(ins: torch.nn.Module, logit: float) -> None:
+    """Makes an INS net predict 0 for every low bit, with P(1) = sigmoid(logit), whatever its input.
+
+    Then an image's initial bits (what its INS planes put on the stack)
+    follow the share of ones in its low bits, which the qp tests rely on.
+    """
+    with torch.no_grad():
+        for name, p in ins.named_parameters():
+            if name.endswith("entropy.conv_out.weight"):
+                p.zero_()
+            elif name.endswith("entropy.conv_out.bias"):
+                p.copy_(torch.tensor([logit] * 3 + [0.0] * 3))
+
+
 def make_model_file(path: Path, seed: int = 0, config: str = "tiny-context") -> Path:
     """Saves a model whose heads are perturbed away from their zero init."""
     torch.manual_seed(seed)

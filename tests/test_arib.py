@@ -10,6 +10,7 @@ from aribbps.arib import AribCodec
 from aribbps.codec import PlaneNets
 from aribbps.config import get_config
 from aribbps.models.bitplane_net import build_nets
+from tests.conftest import ins_predicts_zero_low_bits
 
 
 def arib_nets(seed: int = 0, scale: float = 0.3) -> tuple[PlaneNets, int]:
@@ -79,12 +80,7 @@ def test_padding_provides_initial_bits_when_even_the_lowest_qp_needs_more(monkey
 def test_a_starved_image_gets_qp_2_before_any_padding() -> None:
     """A flat image's insignificant planes cost almost nothing: qp falls to QP_MIN = 2, then pads."""
     nets, multiple = arib_nets()
-    with torch.no_grad():  # the INS net predicts 0 for every low bit with P(1) = σ(-8)
-        for name, p in nets.ins.named_parameters():
-            if name.endswith("entropy.conv_out.weight"):
-                p.zero_()
-            elif name.endswith("entropy.conv_out.bias"):
-                p.copy_(torch.tensor([-8.0, -8.0, -8.0, 0.0, 0.0, 0.0]))
+    ins_predicts_zero_low_bits(nets.ins, -8.0)
     items = [np.full((3, 16, 16), 128, np.uint8)]  # low 4 bits all 0
     streams, stats = AribCodec(nets, multiple, 1, "single").encode(items)
     assert arib.QP_MIN == 2 and stats.qp[0] == 2 and stats.padding_words[0] > 0

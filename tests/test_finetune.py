@@ -20,6 +20,7 @@ from aribbps.models import build_nets
 from aribbps.train import FinetuneObjective, QpList, QpListError, build_objective, read_qp_list
 from aribbps.weights import load_model, save_model, state_tensors
 from aribbps.zoo import load
+from tests.conftest import ins_predicts_zero_low_bits
 from tests.test_train import _exit_code, write_cifar_batches
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,11 +50,7 @@ def _qp_model(path: Path) -> Path:
     with torch.no_grad():
         for p in sig.parameters():
             p.add_(torch.randn_like(p) * 0.05)
-        for name, p in ins.named_parameters():
-            if name.endswith("entropy.conv_out.weight"):
-                p.zero_()
-            elif name.endswith("entropy.conv_out.bias"):
-                p.copy_(torch.tensor([-3.0, -3.0, -3.0, 0.0, 0.0, 0.0]))
+    ins_predicts_zero_low_bits(ins, -3.0)
     save_model(path, TINY, sig.eval(), ins.eval())
     return path
 
