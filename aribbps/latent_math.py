@@ -14,9 +14,8 @@ the uniform prior while decoding), turns them into latent values with
 :func:`bin_values` and feeds those to the top-down network; the coder itself
 gets the posterior only as the fixed-point offset :func:`quantise_offset`
 and builds its integer CDF from it (``coder/latent.hpp``). Training uses
-:func:`bins_of`, :func:`posterior_bin_log2_mass` and
-:func:`straight_through_bin_log2_mass` for the straight-through discretised
-sample of ``--mode finetune`` (DESIGN.md 1.7).
+:func:`bins_of` and :func:`posterior_bin_log2_mass` for the straight-through
+discretised sample of ``--mode finetune`` (DESIGN.md 1.7).
 
 Determinism (what the codec relies on, DESIGN.md 2.3): :func:`bin_values`
 and :func:`quantise_offset` are pure functions of their tensor inputs with a
@@ -52,7 +51,6 @@ __all__ = [
     "posterior_bin_log2_mass",
     "posterior_bin_mass",
     "quantise_offset",
-    "straight_through_bin_log2_mass",
 ]
 
 #: Fractional bits of the fixed-point posterior offset: ``D = round(d * 2**8)``.
@@ -273,64 +271,6 @@ def posterior_bin_log2_mass(bins: Tensor, d: Tensor, qp: QP) -> Tensor:
     bb = torch.where(torch.isinf(edge_hi), big, edge_hi) - d32
     log_mass = F.logsigmoid(bb) + F.logsigmoid(-a) + torch.log(-torch.expm1(width))
     return torch.clamp_min(log_mass / math.log(2.0), _LOG2_MIN_MASS)
-
-
-def straight_through_bin_log2_mass(z: Tensor, mu_p: Tensor, mu_q: Tensor, bins: Tensor, qp: QP) -> Tensor:
-    """:func:`posterior_bin_log2_mass` of the sampled bins, with the gradient of a moving bin.
-
-    The value is exactly ``posterior_bin_log2_mass(bins, mu_q − mu_p, qp)``
-    (``bins = bins_of(z, mu_p, qp)``). The gradient is that of the same
-    mass with the bin's edges moved straight-through with the continuous
-    sample ``z = mu_q + ε``: in prior-CDF units the edges are
-    ``c_lo = i + (c − c.detach())`` and ``c_lo + 1``, with
-    ``c = K·σ(z − mu_p)`` (the paper code's choice, in its
-    ``fake_sample``).
-
-    Why: with the bin held fixed, the gradient of ``qp + log2 Q_q(bin)``
-    averages to zero over the bins a posterior sample falls in
-    (``Σ_i Q_i · ∂log Q_i = ∂Σ_i Q_i = 0``), so a fine-tuned latent model
-    would feel no pull of the latent cost at all and its posterior would
-    drift from the prior (measured on a tiny model: the bits the posterior
-    gives back fell from 2.08 to 0.96 per sub-pixel in 200 steps, +17%
-    actual bpd). With the moving bin the gradient is close to that of the
-    continuous single-sample cost ``log2 q(z) − log2 p(z)``, which
-    ``qp + log2 Q`` approximates: its mean is the derivative of the
-    expected discretised cost to within a few % for ``qp >= 8`` and about
-    half of it at ``qp = 3`` (coarse bins; same sign), see
-    ``tests/test_finetune.py``.
-
-    Args:
-        z: the continuous posterior sample (carrying its reparameterised
-            gradient), float.
-        mu_p, mu_q: prior and posterior means, broadcastable with ``z``.
-        bins: ``bins_of(z, mu_p, qp)``.
-        qp: precision (int or integer tensor, see :func:`bin_values`).
-
-    Returns:
-        float32 tensor of the broadcast shape, in bits (``<= 0``).
-    """
-    exact = posterior_bin_log2_mass(bins, mu_q - mu_p, qp)
-    q = _qp_tensor(qp, bins)
-    kf = torch.bitwise_left_shift(torch.ones_like(q), q).to(torch.float32)
-    i = bins.to(torch.float32)
-    c = kf * torch.sigmoid(z.to(torch.float32) - mu_p.to(torch.float32))
-    lo = i + (c - c.detach())  # value i, gradient of c
-    first = bins == 0
-    last = (bins + 1).to(torch.float32) == kf
-    # Finite stand-ins where an edge is at ±inf (its term is dropped): no inf·0 in autograd.
-    half = torch.full_like(lo, 0.5)
-    lo_a = torch.where(first, half, lo)
-    lo_b = torch.where(last, kf - 1.5 + (lo - lo.detach()), lo)
-    lo_w = torch.where(first | last, kf / 2 + (lo - lo.detach()), lo)
-    d = mu_q.to(torch.float32) - mu_p.to(torch.float32)
-    a = torch.log(lo_a) - torch.log(kf - lo_a) - d  # logit(lo / K) - d
-    b = torch.log(lo_b + 1) - torch.log(kf - lo_b - 1) - d  # logit((lo + 1) / K) - d
-    width = -(torch.log1p(1 / lo_w) + torch.log1p(1 / (kf - lo_w - 1)))  # a - b, without cancellation
-    zero = torch.zeros_like(a)
-    log_mass = (torch.where(last, zero, F.logsigmoid(b)) + torch.where(first, zero, F.logsigmoid(-a))
-                + torch.where(first | last, zero, torch.log(-torch.expm1(width))))
-    moving = log_mass / math.log(2.0)
-    return exact.detach() + (moving - moving.detach())
 
 
 def posterior_bin_mass(bins: Tensor, d: Tensor, qp: QP) -> Tensor:

@@ -363,27 +363,38 @@ def _expected_cost(d: float, qp: int) -> float:
     return float((mass * (qp + torch.log2(mass.clamp_min(1e-300)))).sum())
 
 
-@pytest.mark.parametrize("qp, d, rel", [(10, 2.0, 0.05), (8, -3.0, 0.1), (3, 0.5, 0.6)])
-def test_discretised_latent_cost_gradient_pulls_the_posterior_to_the_prior(qp: int, d: float, rel: float) -> None:
-    """With the sampled bin held fixed the mean gradient of qp + log2 Q(bin) is 0
-    (Σ Q_i ∂log Q_i = 0): finetuning would let the posterior drift away from the
-    prior. The straight-through moving bin gives the derivative of the expected
-    cost: closely for fine bins, about half of it at qp = 3."""
-    from aribbps.latent_math import bins_of, posterior_bin_log2_mass, straight_through_bin_log2_mass
+@pytest.mark.parametrize("qp, d, rel", [(10, 2.0, 0.02), (8, -3.0, 0.02), (3, 0.5, 0.02), (2, 1.0, 0.15),
+                                        (4, 25.0, None), (2, -25.0, None)])
+def test_discretised_latent_cost_pays_the_bins_and_pulls_the_posterior_to_the_prior(
+    qp: int, d: float, rel: float | None
+) -> None:
+    """Value: exactly qp + log2 Q(bin). Gradient: close to the derivative of
+    the expected discrete cost where that cost is not saturated (within 2%
+    for qp >= 3; at qp 2 it pulls up to 15% harder); in the tail
+    (the posterior beyond the edge bin, where that derivative is 0 and the
+    planes' straight-through gradient pushes outwards) it still pulls back.
+    A fixed-bin gradient averages to 0 and a moving-bin one vanishes in the
+    tail: a real fine-tune with the latter drifted from 0.89 to 3.25 bpsp."""
+    from aribbps.latent_math import bin_values, bins_of, posterior_bin_log2_mass
+    from aribbps.models.latent import discretised_sample_cost
 
     g = torch.Generator().manual_seed(qp)
+    n = 200_000
     mu_q = torch.tensor(d, requires_grad=True)
-    mu_p = torch.zeros(200_000)
+    mu_p = torch.zeros(n, 1)
     u = torch.rand(mu_p.shape, generator=g).clamp(1e-5, 1 - 1e-5)
     z = mu_q + torch.log(u) - torch.log1p(-u)
-    bins = bins_of(z, mu_p, qp)
-    bits = straight_through_bin_log2_mass(z, mu_p, mu_q.expand_as(z), bins, qp)
-    assert torch.equal(bits.detach(), posterior_bin_log2_mass(bins, mu_q.detach() - mu_p, qp))
-    (qp + bits).mean().backward()
+    qp_b = torch.full((n,), qp)
+    z_out, bits, bins = discretised_sample_cost(z, mu_p, mu_q.expand_as(z), qp_b)
+    assert bins is not None and torch.equal(bins, bins_of(z.detach(), mu_p, qp))
+    assert torch.equal(z_out.detach(), bin_values(bins, mu_p, qp))
+    assert torch.allclose(bits.detach(), qp + posterior_bin_log2_mass(bins, mu_q.detach() - mu_p, qp))
+    bits.mean().backward()
     h = 1e-3
     want = (_expected_cost(d + h, qp) - _expected_cost(d - h, qp)) / (2 * h)
-    assert abs(mu_q.grad.item() - want) <= rel * abs(want), (mu_q.grad.item(), want)
-
-    fixed = mu_q.detach().clone().requires_grad_(True)
-    (qp + posterior_bin_log2_mass(bins, fixed - mu_p, qp)).mean().backward()
-    assert abs(fixed.grad.item()) < 0.05 * abs(want)  # the fixed bin's gradient: ~0
+    got = mu_q.grad.item()
+    if rel is not None:
+        assert abs(got - want) <= rel * abs(want), (got, want)
+    else:
+        assert abs(want) < 1e-6  # saturated: the exact expected cost is flat here
+        assert got * d > 1.0, got  # ... but the gradient still pulls towards the prior

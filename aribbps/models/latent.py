@@ -47,10 +47,10 @@ from torch import Tensor, nn
 
 from aribbps.bitplanes import known_before, known_to_float
 from aribbps.config import ModelConfig
-from aribbps.latent_math import bin_values, bins_of, straight_through_bin_log2_mass
+from aribbps.latent_math import bin_values, bins_of, posterior_bin_log2_mass
 from aribbps.models.layers import ResBlock, activation, conv1x1, conv3x3
 
-__all__ = ["LatentModel", "LatentOutput", "SampleFn", "logistic_log2_density"]
+__all__ = ["LatentModel", "LatentOutput", "SampleFn", "discretised_sample_cost", "logistic_log2_density"]
 
 #: The callback of :meth:`LatentModel.top_down`:
 #: ``sample(layer_index, mu_p, mu_q) -> z``, with ``mu_q`` None when the
@@ -64,6 +64,31 @@ _NOISE_EPS = 1e-5
 def logistic_log2_density(x: Tensor) -> Tensor:
     """``log2`` of the standard logistic density at ``x``: ``(log σ(x) + log σ(−x)) / ln 2``."""
     return (F.logsigmoid(x) + F.logsigmoid(-x)) / math.log(2.0)
+
+
+def discretised_sample_cost(
+    z: Tensor, mu_p: Tensor, mu_q: Tensor, qp: Tensor | None,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """The value fed on, and the bits paid for, one layer's posterior sample ``z``.
+
+    ``qp`` None: ``z`` itself and the continuous single-sample cost
+    ``log2 q(z) − log2 p(z)``. ``qp`` (B,) given (finetune): ``z`` snapped to
+    its bin's centre with a straight-through gradient, and the bits-back
+    cost ``qp + log2 Q_q(bin)`` whose gradient is the continuous cost's
+    (see :meth:`LatentModel.forward`).
+
+    Returns:
+        ``(z_out, bits, bins)``: bits per dimension (shape of ``z``); bins
+        None without ``qp``.
+    """
+    continuous = logistic_log2_density(z - mu_q) - logistic_log2_density(z - mu_p)
+    if qp is None:
+        return z, continuous, None
+    bins = bins_of(z, mu_p, qp)
+    z_hat = bin_values(bins, mu_p, qp)
+    z_out = z_hat.detach() + (z - z.detach())  # the value is exactly z_hat, the gradient z's
+    paid = qp.view(-1, *([1] * (z.dim() - 1))).to(torch.float32) + posterior_bin_log2_mass(bins, mu_q - mu_p, qp)
+    return z_out, paid.detach() + (continuous - continuous.detach()), bins
 
 
 class LatentOutput(NamedTuple):
@@ -366,20 +391,8 @@ class LatentModel(nn.Module):
             u = torch.rand(mu_q.shape, generator=generator, dtype=torch.float32, device=mu_q.device)
             u = _NOISE_EPS + (1 - 2 * _NOISE_EPS) * u
             z = mu_q + (torch.log(u) - torch.log1p(-u))
-            if qp_b is None:
-                bits = logistic_log2_density(z - mu_q) - logistic_log2_density(z - mu_p)
-                z_out = z
-            else:
-                bins = bins_of(z, mu_p, qp_b)
-                z_hat = bin_values(bins, mu_p, qp_b)
-                # Straight-through: the value is exactly z_hat, the gradient z's.
-                z_out = z_hat.detach() + (z - z.detach())
-                # Value: the posterior mass of the bin; gradient: with the bin's
-                # edges moving with z (else the cost's gradient averages to zero).
-                bits = qp_b.view(-1, 1, 1, 1).to(torch.float32) + straight_through_bin_log2_mass(
-                    z, mu_p, mu_q, bins, qp_b
-                )
-                all_bins[l] = bins
+            z_out, bits, bins = discretised_sample_cost(z, mu_p, mu_q, qp_b)
+            all_bins[l] = bins
             layer_bits[l] = bits.flatten(1).sum(dim=1)
             zs[l], mps[l], mqs[l] = z_out, mu_p, mu_q
             return z_out
@@ -413,10 +426,17 @@ class LatentModel(nn.Module):
         straight-through gradient ``z + (z_hat − z).detach()``; the cost is
         what bits-back coding pays, ``Σ qp + log2 Q_q(bin)`` (``qp`` bits of
         the uniform prior minus the bits the posterior gives back), with
-        ``Q_q`` the posterior bin mass (clamped ``>= 1e-12``), differentiated
-        with the bin's edges moving straight-through with ``z``
-        (:func:`aribbps.latent_math.straight_through_bin_log2_mass`: a fixed
-        bin would give the cost a gradient that averages to zero)::
+        ``Q_q`` the posterior bin mass (clamped ``>= 1e-12``). Its gradient
+        is that of the continuous cost above. Why: with the sampled bin held
+        fixed, the mean gradient of ``log2 Q_q(bin)`` is zero
+        (``Σ Q_i ∂log Q_i = ∂Σ Q_i = 0``), and the exact expected discrete
+        cost ``qp − H(Q_q)`` is flat once the posterior sits in an edge bin,
+        where the planes' straight-through gradient keeps pushing it out: a
+        5500-step fine-tune of the stage-4 model with moving-bin gradients
+        went from 0.89 to 3.25 bpsp (latent bits 0.06 → 2.12). The
+        continuous gradient matches the derivative of the expected discrete
+        cost within 2% for qp 3..10 (at qp 2 it is up to 15% steeper) and keeps pulling a posterior in the
+        tail back to the prior::
 
             x_sig ─► bottom_up ─► top_down(sample from q) ─► features
                                          └─► latent_bits (B,)
