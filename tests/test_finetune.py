@@ -398,3 +398,36 @@ def test_discretised_latent_cost_pays_the_bins_and_pulls_the_posterior_to_the_pr
     else:
         assert abs(want) < 1e-6  # saturated: the exact expected cost is flat here
         assert got * d > 1.0, got  # ... but the gradient still pulls towards the prior
+
+
+@pytest.mark.parametrize("qp, d", [(2, 0.3), (6, -1.0), (4, 25.0)])
+def test_finetune_training_feeds_a_relaxed_bin_value_that_does_not_push_the_posterior_out(qp: int, d: float) -> None:
+    """In training the planes see c + U(-0.5, 0.5) in prior-CDF units, within
+    the outer bin centres: values near the coded bin centre, and a gradient
+    that fades where moving the posterior changes nothing (a straight-through
+    bin centre passes the planes' gradient 1:1 there, and a real fine-tune
+    ran away with it)."""
+    from aribbps.latent_math import bin_values
+    from aribbps.models.latent import discretised_sample_cost
+
+    g = torch.Generator().manual_seed(qp)
+    n = 100_000
+    mu_q = torch.tensor(d, requires_grad=True)
+    mu_p = torch.zeros(n, 1)
+    u = torch.rand(mu_p.shape, generator=g).clamp(1e-5, 1 - 1e-5)
+    z = mu_q + torch.log(u) - torch.log1p(-u)
+    qp_b = torch.full((n,), qp)
+    relax = torch.rand(mu_p.shape, generator=g) - 0.5
+    z_out, bits, bins = discretised_sample_cost(z, mu_p, mu_q.expand_as(z), qp_b, relax)
+    centre, _, _ = discretised_sample_cost(z.detach(), mu_p, mu_q.detach().expand_as(z), qp_b)
+    assert bins is not None and torch.equal(centre, bin_values(bins, mu_p, qp))
+    k = 2**qp
+    lo, hi = bin_values(torch.tensor([0, k - 1]), torch.zeros(2), qp).tolist()
+    assert lo - 1e-4 <= z_out.min().item() and z_out.max().item() <= hi + 1e-4
+    cdf = lambda v: k * torch.sigmoid(v)  # noqa: E731 - prior-CDF units
+    assert (cdf(z_out.detach()) - cdf(centre)).abs().max().item() <= 1.0 + 1e-3  # within a bin's width
+    z_out.mean().backward()
+    if abs(d) > 10:
+        assert abs(mu_q.grad.item()) < 1e-3  # in the tail: no push
+    else:
+        assert mu_q.grad.item() > 0.05  # the planes' gradient reaches the posterior

@@ -212,9 +212,11 @@ def test_kl_matches_definition() -> None:
     torch.testing.assert_close(out.latent_bits.double(), total, rtol=1e-5, atol=1e-4)
 
 
-def test_finetune_straight_through() -> None:
+def test_finetune_discretised_sample() -> None:
+    """Eval mode feeds on exactly the coded bin centres and reports the bits-back
+    cost; training mode feeds on their relaxation and passes gradients on."""
     model = _model("tiny")
-    model.train()
+    model.eval()
     x = _image(3, 16, 16)
     qp = torch.tensor([3, 10, 16])
     out = model.forward_details(x, qp=qp, generator=torch.Generator().manual_seed(1))
@@ -230,11 +232,15 @@ def test_finetune_straight_through() -> None:
         per_dim = qp.double().view(-1, 1, 1, 1) + torch.log2(mass.clamp_min(1e-12))
         expected += per_dim.flatten(1).sum(1)
     torch.testing.assert_close(out.latent_bits.double(), expected, rtol=1e-4, atol=1e-3)
+    model.train()
+    out = model.forward_details(x, qp=qp, generator=torch.Generator().manual_seed(1))
+    assert out.bins is not None
+    assert not any(torch.equal(z, bin_values(b, mp, qp)) for z, mp, b in zip(out.z, out.mu_p, out.bins))
     (out.latent_bits.mean() + out.features.square().mean()).backward()
     for name in ("posterior_heads", "prior_heads", "head"):
         grads = [p.grad for n, p in model.named_parameters() if n.startswith(name)]
         assert any(gr is not None and bool(gr.abs().sum() > 0) for gr in grads), name
-    # The straight-through path: the features' gradient reaches z's posterior.
+    # The relaxed path: the features' gradient reaches z's posterior.
     model.zero_grad()
     out = model.forward_details(x, qp=7, generator=torch.Generator().manual_seed(1))
     out.features.square().mean().backward()
