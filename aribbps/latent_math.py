@@ -14,8 +14,8 @@ the uniform prior while decoding), turns them into latent values with
 :func:`bin_values` and feeds those to the top-down network; the coder itself
 gets the posterior only as the fixed-point offset :func:`quantise_offset`
 and builds its integer CDF from it (``coder/latent.hpp``). Training uses
-:func:`bins_of` and :func:`posterior_bin_log2_mass` for the straight-through
-discretised sample of ``--mode finetune`` (DESIGN.md 1.7).
+:func:`bins_of` and :func:`posterior_bin_log2_mass` for the discretised
+sample of ``--mode finetune`` (DESIGN.md 1.7).
 
 Determinism (what the codec relies on, DESIGN.md 2.3): :func:`bin_values`
 and :func:`quantise_offset` are pure functions of their tensor inputs with a

@@ -374,7 +374,7 @@ def test_discretised_latent_cost_pays_the_bins_and_pulls_the_posterior_to_the_pr
     (the posterior beyond the edge bin, where that derivative is 0 and the
     planes' straight-through gradient pushes outwards) it still pulls back.
     A fixed-bin gradient averages to 0 and a moving-bin one vanishes in the
-    tail: a real fine-tune with the latter drifted from 0.89 to 3.25 bpsp."""
+    tail."""
     from aribbps.latent_math import bin_values, bins_of, posterior_bin_log2_mass
     from aribbps.models.latent import discretised_sample_cost
 

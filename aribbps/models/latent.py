@@ -371,7 +371,7 @@ class LatentModel(nn.Module):
             x_sig: uint8 (B, 3, H, W) (see :meth:`bottom_up`).
             qp: None (continuous sample), or the per-sample precision (B,)
                 integer tensor (an int applies to every sample) for the
-                straight-through discretised sample of ``--mode finetune``.
+                discretised sample of ``--mode finetune``.
             generator: source of the uniform noise (default: torch's global).
 
         Returns:
