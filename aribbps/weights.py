@@ -63,6 +63,11 @@ def model_hash(sig_net: nn.Module, ins_net: nn.Module) -> str:
     return weights_hash(state_tensors(sig_net, ins_net))
 
 
+def net_hash(net: nn.Module) -> str:
+    """The weights hash of one network (its tensors under their own names)."""
+    return weights_hash({name: t for name, t in net.state_dict().items()})
+
+
 def save_model(path: str | os.PathLike[str], cfg: ModelConfig, sig_net: nn.Module, ins_net: nn.Module) -> str:
     """Write both nets and ``cfg`` to one safetensors file (atomically).
 

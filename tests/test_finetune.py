@@ -18,7 +18,7 @@ from aribbps.container import decode_archive, read_archive
 from aribbps.imageio import load_image
 from aribbps.models import build_nets
 from aribbps.train import FinetuneObjective, QpList, QpListError, build_objective, read_qp_list
-from aribbps.weights import load_model, save_model, state_tensors
+from aribbps.weights import load_model, net_hash, save_model, state_tensors
 from aribbps.zoo import load
 from tests.conftest import ins_predicts_zero_low_bits
 from tests.test_train import _exit_code, write_cifar_batches
@@ -98,6 +98,8 @@ def test_generate_finetune_matches_the_codecs_choice_by_name(
     stored = json.loads((folder / "qp_list.json").read_text())
     assert stored["format"] == "aribbps-qp-list" and stored["model"] == "tiny"
     assert stored["weights_sha256"] == load(str(qp_model)).weights_hash.hex()
+    assert stored["ins_sha256"] == net_hash(load(str(qp_model)).nets.ins)
+    assert read_qp_list(folder / "qp_list.json").ins_sha256 == stored["ins_sha256"]
     qp = read_qp_list(folder / "qp_list.json").qp
     assert set(qp) == set(images)
     assert all(arib.QP_MIN <= q <= arib.QP_MAX for q in qp.values())
@@ -228,6 +230,7 @@ def test_finetune_trains_and_exports_a_model_that_round_trips(
             "--num_iters", "4", "--log_interval", "2", "--valid_interval", "2", "--lr", "1e-3", "--device", "cpu"]
     code, err = _exit_code(argv, capsys)
     assert code == 0, err
+    assert "qp list was made" not in err
     log = (run / "train.log").read_text()
     assert "mode=finetune" in log and log.count("valid ") >= 2
     assert (run / "best_finetune.safetensors").exists()
@@ -261,6 +264,23 @@ def test_finetune_trains_and_exports_a_model_that_round_trips(
                              "--data_dir", str(subset), "--save_dir", str(tmp_path / "run3"), "--random-crop", "8",
                              "--batch_size", "2", "--num_iters", "1", "--device", "cpu"], capsys)
     assert code == 0, err
+
+    # The list belongs to the INS net (the qp's only input): a tuned SIG net beside it is fine, another INS
+    # net gets a warning.
+    def finetune_from(model: Path, save_dir: str) -> str:
+        code, err = _exit_code(["--mode", "finetune", "--init", str(model), "--qp_path", str(data / "qp_list.json"),
+                                 "--data_dir", str(subset), "--save_dir", str(tmp_path / save_dir),
+                                 "--random-crop", "8", "--batch_size", "2", "--num_iters", "1", "--device", "cpu"],
+                               capsys)
+        assert code == 0, err
+        return err
+
+    assert "qp list was made" not in finetune_from(run / "final_finetune.safetensors", "run4")
+    with torch.no_grad():
+        next(ins0.parameters()).add_(0.01)
+    save_model(tmp_path / "other-ins.safetensors", cfg, sig0, ins0)
+    err = finetune_from(tmp_path / "other-ins.safetensors", "run5")
+    assert "qp list was made with model 'tiny' (INS net" in err, err
 
 
 @pytest.mark.parametrize(

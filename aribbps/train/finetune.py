@@ -21,7 +21,8 @@ training and validation image up by name.
 File format (JSON, UTF-8)::
 
     {"format": "aribbps-qp-list", "version": 1,
-     "model": "tiny", "weights_sha256": "ab12...", "pad_multiple": 8,
+     "model": "tiny", "weights_sha256": "ab12...", "ins_sha256": "cd34...",
+     "pad_multiple": 8,
      "dataset_type": "filedataset", "images": 2,
      "qp": {"a.png": 7, "b.png": 10}}
 
@@ -46,6 +47,7 @@ from aribbps.datasets import Item, dataset_names, open_dataset
 from aribbps.errors import AribError
 from aribbps.tiling import padded_size
 from aribbps.zoo import LoadedModel, load
+from aribbps.weights import net_hash
 
 QP_LIST_FILE = "qp_list.json"
 QP_LIST_FORMAT = "aribbps-qp-list"
@@ -60,11 +62,17 @@ class QpListError(AribError, ValueError):
 
 @dataclass
 class QpList:
-    """A qp list: image name -> qp, plus which model made it (None if unknown)."""
+    """A qp list: image name -> qp, plus which model made it (None if unknown).
+
+    ``ins_sha256`` is the hash of the INS net alone (:func:`aribbps.weights.net_hash`):
+    the qp depends only on it (its bits are the initial bits), so a list
+    stays right for any SIG net trained beside it.
+    """
 
     qp: dict[str, int]
     model: str | None = None
     weights_sha256: str | None = None
+    ins_sha256: str | None = None
 
     def lookup(self, names: list[str] | tuple[str, ...]) -> list[int]:
         """The qp of every name, in order.
@@ -124,7 +132,7 @@ def read_qp_list(path: str | os.PathLike[str]) -> QpList:
         ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise QpListError(f"cannot read qp list {str(p)!r}: {exc}") from None
-    model = weights = None
+    model = weights = ins = None
     if text.lstrip().startswith("{"):
         try:
             data = json.loads(text)
@@ -137,6 +145,7 @@ def read_qp_list(path: str | os.PathLike[str]) -> QpList:
                 raise QpListError(f"qp list {str(p)!r} has version {data.get('version')!r}; "
                                   f"expected {QP_LIST_VERSION}")
             model, weights, raw = data.get("model"), data.get("weights_sha256"), data["qp"]
+            ins = data.get("ins_sha256")
         else:
             raw = data
         entries = list(raw.items())
@@ -163,7 +172,7 @@ def read_qp_list(path: str | os.PathLike[str]) -> QpList:
         qp[str(name)] = q
     if not qp:
         raise QpListError(f"qp list {str(p)!r} is empty")
-    return QpList(qp, model, weights)
+    return QpList(qp, model, weights, ins)
 
 
 def write_qp_list(path: str | os.PathLike[str], qp: Mapping[str, int], model: LoadedModel,
@@ -174,6 +183,7 @@ def write_qp_list(path: str | os.PathLike[str], qp: Mapping[str, int], model: Lo
         "version": QP_LIST_VERSION,
         "model": model.name,
         "weights_sha256": model.weights_hash.hex(),
+        "ins_sha256": net_hash(model.nets.ins),
         "pad_multiple": model.cfg.pad_multiple,
         "dataset_type": dataset_type,
         "images": len(qp),

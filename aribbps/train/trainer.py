@@ -70,7 +70,7 @@ from aribbps.train.objectives import (
 )
 from aribbps.train.presets import MODES
 from aribbps.train.weight_average import WeightAverage
-from aribbps.weights import load_model, model_hash, save_model
+from aribbps.weights import load_model, model_hash, net_hash, save_model
 
 CHECKPOINT_FILE = "checkpoint.pt"
 CHECKPOINT_FORMAT = "aribbps-train-checkpoint"
@@ -518,14 +518,8 @@ class Trainer:
 
         sig, ins = _build_nets(opts, self.cfg, self.device, init)
         self.objective = build_objective(opts.mode, self.cfg, sig, ins, qp=qp)
-        if qp is not None and init is not None and qp.weights_sha256 is not None:
-            start_hash = model_hash(*init)
-            if start_hash != qp.weights_sha256:
-                self._warn(
-                    f"the qp list was made with model {qp.model!r} (weights {qp.weights_sha256[:12]}...), "
-                    f"not with --init (weights {start_hash[:12]}...): its qp may not be what the codec "
-                    "will choose with this model's INS net"
-                )
+        if qp is not None and init is not None:
+            self._check_qp_list_model(qp, init)
         if opts.amp:
             for net in self.objective.modules().values():
                 keep_logits_float32(net)
@@ -758,6 +752,21 @@ class Trainer:
             final_path=final_path,
             checkpoint_path=self.save_dir / CHECKPOINT_FILE,
         )
+
+    def _check_qp_list_model(self, qp: QpList, init: tuple[BitPlaneNet, BitPlaneNet]) -> None:
+        """Warn when the qp list was made with another INS net than --init's (its qp then may be off)."""
+        if qp.ins_sha256 is not None:
+            made_with, start, what = qp.ins_sha256, net_hash(init[1]), "INS net"
+        elif qp.weights_sha256 is not None:  # a list without the INS hash: compare whole models
+            made_with, start, what = qp.weights_sha256, model_hash(*init), "weights"
+        else:
+            return
+        if made_with != start:
+            self._warn(
+                f"the qp list was made with model {qp.model!r} ({what} {made_with[:12]}...), "
+                f"not with --init's ({what} {start[:12]}...): its qp may not be what the codec "
+                "will choose with this model's INS net"
+            )
 
     def _set_latent_weight(self) -> None:
         """KL warm-up: weight (iteration + 1) / kl_warmup, capped at 1 (a function of the iteration: exact on resume)."""
