@@ -438,9 +438,10 @@ class LatentModel(nn.Module):
         clamped ``>= 1e-12``), and the value fed on is what the decoder will
         see: the bin's centre in eval mode (validation measures the coded
         cost), a noisy relaxation of it in training mode
-        (:func:`discretised_sample_cost`). Two choices keep fine-tuning
-        stable; both were measured on the stage-4 model (the plane and
-        latent bits per sub-pixel rose together when they failed):
+        (:func:`discretised_sample_cost`). Two choices differ from the
+        paper code's; without them a fine-tune of the stage-4 model
+        diverged (plane and latent bits rose together), with the first
+        alone it still did, with both it did not (``docs/training.md``):
 
         * the cost's gradient is that of the continuous cost above. With the
           sampled bin held fixed its mean is zero
@@ -454,9 +455,10 @@ class LatentModel(nn.Module):
           ``c = K·σ(z − mu_p)``, not on the bin centre with a
           straight-through gradient: with a constant value inside a bin,
           nothing stops the planes' gradient from pushing the posterior
-          means outwards, and they did (mean ``|mu_q − mu_p|`` 0.99 → 2.7·10^5
-          in the top layer in 500 steps at lr 2e-5; 0.80 → 1.5 bpsp). The relaxation gives the
-          same spread of values and a gradient that sees where they go::
+          means outwards, and they did (mean ``|mu_q − mu_p|`` of the top
+          layer 0.99 → 2.7·10^5 in 500 steps at lr 2e-5; 0.80 → 1.5 bpsp).
+          The relaxation gives a similar spread of values and a gradient
+          that sees where they go::
 
             x_sig ─► bottom_up ─► top_down(sample from q) ─► features
                                          └─► latent_bits (B,)
