@@ -46,8 +46,8 @@ from aribbps.atomic import atomic_write_bytes
 from aribbps.datasets import Item, dataset_names, open_dataset
 from aribbps.errors import AribError
 from aribbps.tiling import padded_size
-from aribbps.zoo import LoadedModel, load
 from aribbps.weights import net_hash
+from aribbps.zoo import LoadedModel, load
 
 QP_LIST_FILE = "qp_list.json"
 QP_LIST_FORMAT = "aribbps-qp-list"
@@ -65,8 +65,9 @@ class QpList:
     """A qp list: image name -> qp, plus which model made it (None if unknown).
 
     ``ins_sha256`` is the hash of the INS net alone (:func:`aribbps.weights.net_hash`):
-    the qp depends only on it (its bits are the initial bits), so a list
-    stays right for any SIG net trained beside it.
+    the qp depends on the INS net (its bits are the initial bits) and on
+    the config's latent geometry (``model``, the config name), not on the
+    SIG net, so a list stays right for any SIG net trained beside it.
     """
 
     qp: dict[str, int]
@@ -144,8 +145,8 @@ def read_qp_list(path: str | os.PathLike[str]) -> QpList:
             if data.get("version") != QP_LIST_VERSION:
                 raise QpListError(f"qp list {str(p)!r} has version {data.get('version')!r}; "
                                   f"expected {QP_LIST_VERSION}")
-            model, weights, raw = data.get("model"), data.get("weights_sha256"), data["qp"]
-            ins = data.get("ins_sha256")
+            model, raw = data.get("model"), data["qp"]
+            weights, ins = _hash_field(p, data, "weights_sha256"), _hash_field(p, data, "ins_sha256")
         else:
             raw = data
         entries = list(raw.items())
@@ -173,6 +174,16 @@ def read_qp_list(path: str | os.PathLike[str]) -> QpList:
     if not qp:
         raise QpListError(f"qp list {str(p)!r} is empty")
     return QpList(qp, model, weights, ins)
+
+
+def _hash_field(path: Path, data: Mapping[str, object], key: str) -> str | None:
+    """An optional sha256 hex digest of a qp list (None when absent)."""
+    value = data.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+        raise QpListError(f"qp list {str(path)!r}: {key} must be a sha256 hex digest, got {value!r}")
+    return value
 
 
 def write_qp_list(path: str | os.PathLike[str], qp: Mapping[str, int], model: LoadedModel,

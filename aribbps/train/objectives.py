@@ -13,8 +13,8 @@ objectives (``finetune``) plug in here:
 
 * :class:`FinetuneObjective` (``finetune``): the SIG net and its latent
   model with the discretisation single-image coding uses: each image's
-  latents are discretised at the ``qp`` the codec will give it (relaxed
-  with noise in training) (a qp list from ``generate-finetune``,
+  latents are discretised at the ``qp`` the codec will give it (in
+  training relaxed with noise of one bin width) (a qp list from ``generate-finetune``,
   :mod:`aribbps.train.finetune`, looked up by image name), at a cost of
   ``qp`` bits per dimension minus what the posterior gives back.
 
@@ -160,7 +160,7 @@ class FinetuneObjective(SigObjective):
 
     Each image's latents are sampled from the posterior and discretised
     to their equal-prior-mass bin at the image's ``qp`` (the bin centre in
-    validation, a noisy relaxation of it in training), and cost
+    validation, the sample plus noise of one bin width in training), and cost
     ``Σ qp + log2 Q_q(bin)`` bits: what single-image bits-back coding pays
     (``LatentModel.forward`` with ``qp``). The plane bits are those of :class:`SigObjective`. INS is
     frozen (it made the qp list: its bits are the initial bits).

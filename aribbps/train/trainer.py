@@ -754,7 +754,11 @@ class Trainer:
         )
 
     def _check_qp_list_model(self, qp: QpList, init: tuple[BitPlaneNet, BitPlaneNet]) -> None:
-        """Warn when the qp list was made with another INS net than --init's (its qp then may be off)."""
+        """Warn when the qp list was made with another config or INS net than --init's (its qp then may be off)."""
+        if qp.model is not None and qp.model != self.cfg.name:
+            self._warn(f"the qp list was made with model {qp.model!r}, not with --init's {self.cfg.name!r}: "
+                       "its qp may not be what the codec will choose with this model")
+            return
         if qp.ins_sha256 is not None:
             made_with, start, what = qp.ins_sha256, net_hash(init[1]), "INS net"
         elif qp.weights_sha256 is not None:  # a list without the INS hash: compare whole models
