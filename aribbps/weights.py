@@ -65,7 +65,7 @@ def model_hash(sig_net: nn.Module, ins_net: nn.Module) -> str:
 
 def net_hash(net: nn.Module) -> str:
     """The weights hash of one network (its tensors under their own names)."""
-    return weights_hash({name: t for name, t in net.state_dict().items()})
+    return weights_hash(net.state_dict())
 
 
 def save_model(path: str | os.PathLike[str], cfg: ModelConfig, sig_net: nn.Module, ins_net: nn.Module) -> str:

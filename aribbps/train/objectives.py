@@ -13,9 +13,9 @@ objectives (``finetune``) plug in here:
 
 * :class:`FinetuneObjective` (``finetune``): the SIG net and its latent
   model with the discretisation single-image coding uses: each image's
-  latents are discretised at the ``qp`` the codec will give it (in
-  training relaxed with noise of one bin width) (a qp list from ``generate-finetune``,
-  :mod:`aribbps.train.finetune`, looked up by image name), at a cost of
+  latents are discretised at the ``qp`` the codec will give it (a qp
+  list from ``generate-finetune``, :mod:`aribbps.train.finetune`, looked
+  up by image name; in training relaxed with noise of one bin width), at a cost of
   ``qp`` bits per dimension minus what the posterior gives back.
 
 Objectives see the batch's item names (``loss(x, names)``); only
@@ -162,8 +162,8 @@ class FinetuneObjective(SigObjective):
     to their equal-prior-mass bin at the image's ``qp`` (the bin centre in
     validation, the sample plus noise of one bin width in training), and cost
     ``Σ qp + log2 Q_q(bin)`` bits: what single-image bits-back coding pays
-    (``LatentModel.forward`` with ``qp``). The plane bits are those of :class:`SigObjective`. INS is
-    frozen (it made the qp list: its bits are the initial bits).
+    (``LatentModel.forward`` with ``qp``). The plane bits are those of
+    :class:`SigObjective`. INS is frozen (it made the qp list: its bits are the initial bits).
 
     Args:
         cfg, sig, ins: as for :class:`Objective` (``cfg.use_latent`` must be true).
