@@ -1,7 +1,10 @@
 """Shared fixtures: a small model file with fixed random weights."""
 from __future__ import annotations
 
+import importlib.util
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -9,6 +12,17 @@ import torch
 from aribbps.config import get_config
 from aribbps.models.bitplane_net import build_nets
 from aribbps.weights import save_model
+
+
+def load_script(name: str, path: Path) -> ModuleType:
+    """Imports a file that is not in a package (registered, so its dataclasses work)."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def ins_predicts_zero_low_bits(ins: torch.nn.Module, logit: float) -> None:

@@ -22,7 +22,6 @@ What only a GPU can show, and is checked here:
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -36,6 +35,7 @@ import torch
 
 from kernels import HAS_TRITON, interpreter_mode
 from kernels.bitplanes_cupy import cupy_available
+from tests.conftest import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 CUDA = torch.cuda.is_available()
@@ -66,24 +66,13 @@ def _no_tf32():
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
 
 
-def _load(name: str, path: Path):
-    """Imports a file that is not in a package (registered, so its dataclasses work)."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def _load_gpu_profile():
-    return _load("gpu_profile", ROOT / "bench" / "gpu_profile.py")
+    return load_script("gpu_profile", ROOT / "bench" / "gpu_profile.py")
 
 
 def _entropy_tests():
     """tests/test_entropy_tail.py: its tolerance helpers and model fixtures (one definition)."""
-    return _load("_entropy_tail_tests", ROOT / "tests" / "test_entropy_tail.py")
+    return load_script("_entropy_tail_tests", ROOT / "tests" / "test_entropy_tail.py")
 
 
 # ---------------------------------------------------------------- runs everywhere
