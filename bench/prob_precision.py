@@ -1,0 +1,81 @@
+"""What the coder's 8-bit probabilities (DESIGN 1.3) cost against finer ones.
+
+    python bench/prob_precision.py DIR [DIR ...] [--model PATH] [--step K] [--bits 8 10 12 16]
+
+For every K-th image of each folder: the model's plane bits per sub-pixel
+with unquantised probabilities (clamped as in training) and with each
+probability of a 1 rounded to ``b`` bits, ``clamp(round(2^b P), 1, 2^b - 1)``
+(at b = 8 exactly the coder's input, :func:`aribbps.probability.quantise_probs7`).
+Teacher forced with one latent sample, like ``aribbps eval --mode inference``.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from aribbps import api, zoo
+from aribbps.bitplanes import step_view
+from aribbps.codec import teacher_forced_steps
+from aribbps.probability import P_MAX, P_MIN, coupled_probs
+
+
+def quantised_cost(p: Tensor, bits: Tensor, precision: int) -> float:
+    """Bits to code ``bits`` when each P(1) in ``p`` is rounded to ``precision`` bits."""
+    scale = 2 ** precision
+    q = torch.round(p.float() * scale).clamp_(1, scale - 1).double()
+    return float((precision - torch.log2(torch.where(bits.bool(), q, scale - q))).sum())
+
+
+def float_cost(p: Tensor, bits: Tensor) -> float:
+    p = p.double().clamp(P_MIN, P_MAX)
+    return float(-torch.log2(torch.where(bits.bool(), p, 1 - p)).sum())
+
+
+@torch.no_grad()
+def plane_costs(directory: Path, model: zoo.LoadedModel, step: int, precisions: list[int]) -> dict[str, float]:
+    """Plane bits per sub-pixel: "float" and one entry per precision."""
+    totals = dict.fromkeys(["float", *map(str, precisions)], 0.0)
+    subpixels = 0
+    generator = torch.Generator().manual_seed(0)
+    for path in api.batch_inputs(directory)[::step]:
+        pixels = api.load_images([path])[0].pixels
+        if pixels.ndim != 3 or pixels.shape[2] != 3:
+            raise SystemExit(f"{path}: only RGB images are measured here")
+        x = torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))[None]
+        valid = torch.ones(1, 1, *x.shape[-2:], dtype=torch.bool)
+        features = model.nets.sig.latent.forward_details(x, generator=generator).features
+        for _, s, _, logits, plane in teacher_forced_steps(model.nets, x, valid, features):
+            step_bits = step_view(plane, s)
+            p = coupled_probs(logits.float(), step_bits)
+            totals["float"] += float_cost(p, step_bits)
+            for b in precisions:
+                totals[str(b)] += quantised_cost(p, step_bits, b)
+        subpixels += pixels.size
+    return {k: v / subpixels for k, v in totals.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("dirs", nargs="+", type=Path)
+    parser.add_argument("--model", default=None, help="model file (default: the shipped model)")
+    parser.add_argument("--step", type=int, default=1, help="every K-th image")
+    parser.add_argument("--bits", type=int, nargs="+", default=[8, 10, 12, 16])
+    args = parser.parse_args(argv)
+    model = zoo.load(args.model, "cpu")
+    if model.nets.sig.latent is None:
+        raise SystemExit("the model has no latent model; this bench measures latent models")
+    print("| set | float | " + " | ".join(f"{b} bits" for b in args.bits) + " |")
+    print("|---|---|" + "---|" * len(args.bits))
+    for d in args.dirs:
+        c = plane_costs(d, model, max(1, args.step), args.bits)
+        cells = [f"{c[str(b)]:.4f} ({100 * (c[str(b)] / c['float'] - 1):+.2f}%)" for b in args.bits]
+        print(f"| {d.name} | {c['float']:.4f} | " + " | ".join(cells) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,34 @@
+"""bench/prob_precision.py: its 8-bit cost is the coder's, finer precisions approach the float cost."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from aribbps.probability import coupled_probs, quantise_probs7, quantised_bits_cost
+from tests.conftest import load_script
+
+ROOT = Path(__file__).resolve().parents[1]
+prob_precision = load_script("prob_precision", ROOT / "bench" / "prob_precision.py")
+
+
+def test_eight_bits_is_exactly_what_the_coder_is_given():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 6, 5, 7, generator=g) * 6
+    bits = (torch.rand(2, 3, 5, 7, generator=g) < 0.5).to(torch.uint8)
+    expected = quantised_bits_cost(quantise_probs7(logits), bits).sum()
+    got = prob_precision.quantised_cost(coupled_probs(logits, bits), bits, 8)
+    assert got == pytest.approx(float(expected), rel=1e-12)
+
+
+def test_finer_precision_approaches_the_float_cost():
+    # Bits drawn from p: the excess over the float cost is then a KL divergence, >= 0
+    # in expectation, and shrinks with the precision.
+    g = torch.Generator().manual_seed(1)
+    p = torch.sigmoid(torch.randn(200_000, generator=g) * 4)
+    bits = (torch.rand(200_000, generator=g) < p).to(torch.uint8)
+    exact = prob_precision.float_cost(p, bits)
+    excess = [prob_precision.quantised_cost(p, bits, b) - exact for b in (8, 10, 16)]
+    assert excess[0] > 5 * excess[1] > 0
+    assert excess[0] > 5e-4 * exact and abs(excess[2]) < 1e-5 * exact
