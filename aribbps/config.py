@@ -252,6 +252,9 @@ CONFIGS: dict[str, ModelConfig] = {
 CONFIGS["medium"] = dataclasses.replace(
     CONFIGS["small"], name="medium", sig_plane_depth=5, ins_plane_depth=5, entropy_depth=2, ins_entropy_depth=2
 )
+# ``medium`` with a deeper INS net (planes 5-8 hold most of the bits), grown
+# the same way from a trained ``medium`` model.
+CONFIGS["deep-ins"] = dataclasses.replace(CONFIGS["medium"], name="deep-ins", ins_plane_depth=8, ins_entropy_depth=3)
 
 
 def _without_latent(cfg: ModelConfig) -> ModelConfig:

@@ -121,6 +121,14 @@ def test_medium_is_small_deepened() -> None:
     assert CONFIGS["medium"] != CONFIGS["small"]
 
 
+def test_deep_ins_is_medium_with_a_deeper_ins_net() -> None:
+    from aribbps.models.deepen import deepening_problem
+
+    assert deepening_problem(CONFIGS["medium"], CONFIGS["deep-ins"]) is None
+    sig = CONFIGS["deep-ins"].sig_net()
+    assert sig == CONFIGS["medium"].sig_net() and CONFIGS["deep-ins"].ins_net() != CONFIGS["medium"].ins_net()
+
+
 # --- masked lattice convolution -------------------------------------------------
 
 @pytest.mark.parametrize("s", [1, 2, 3, 4])
