@@ -20,7 +20,7 @@ from torch import Tensor
 from aribbps import api, zoo
 from aribbps.bitplanes import step_view
 from aribbps.codec import teacher_forced_steps
-from aribbps.probability import P_MAX, P_MIN, coupled_probs
+from aribbps.probability import bits_cost, coupled_probs
 
 
 def quantised_cost(p: Tensor, bits: Tensor, precision: int) -> float:
@@ -28,11 +28,6 @@ def quantised_cost(p: Tensor, bits: Tensor, precision: int) -> float:
     scale = 2 ** precision
     q = torch.round(p.float() * scale).clamp_(1, scale - 1).double()
     return float((precision - torch.log2(torch.where(bits.bool(), q, scale - q))).sum())
-
-
-def float_cost(p: Tensor, bits: Tensor) -> float:
-    p = p.double().clamp(P_MIN, P_MAX)
-    return float(-torch.log2(torch.where(bits.bool(), p, 1 - p)).sum())
 
 
 @torch.no_grad()
@@ -51,7 +46,7 @@ def plane_costs(directory: Path, model: zoo.LoadedModel, step: int, precisions: 
         for _, s, _, logits, plane in teacher_forced_steps(model.nets, x, valid, features):
             step_bits = step_view(plane, s)
             p = coupled_probs(logits.float(), step_bits)
-            totals["float"] += float_cost(p, step_bits)
+            totals["float"] += float(bits_cost(logits.float(), step_bits).sum())
             for b in precisions:
                 totals[str(b)] += quantised_cost(p, step_bits, b)
         subpixels += pixels.size
