@@ -32,6 +32,7 @@ from aribbps.imageio import (MODE_CHANNELS, LoadedImage, join_alpha, load_image,
 from aribbps.lane_groups import EXTRA_KEY as GROUPS_KEY
 from aribbps.lane_groups import (LaneGroup, coder_threads, default_groups, group_streams, merge_stats, plan_groups,
                                  recorded_groups, run_groups, scatter)
+from aribbps.lane_seal import LaneSealError
 from aribbps.tiling import Tile, assemble, cut_tiles, tile_grid
 from aribbps.zoo import LoadedModel, load, resolve_device
 from kernels import dispatch
@@ -158,8 +159,7 @@ def encode_images(images: Sequence[LoadedImage], model: LoadedModel, lanes: int 
     for image in images:
         parts, extra = _split_image(image)
         height, width = image.pixels.shape[:2]
-        records.append(ImageRecord(image.name, image.fmt, image.mode, width, height,
-                                   pixel_checksum(image.pixels), extra))
+        records.append(ImageRecord(image.name, image.fmt, image.mode, width, height, None, extra))
         parts_of.append(parts)
     refs = _item_refs(records, tile)
     _check_item_sizes(refs, AribError, "use --tile to cut it into tiles")
@@ -194,7 +194,7 @@ def _encode_items(items: Sequence[np.ndarray], model: LoadedModel, mode: str, la
         raise AribError(f"lane groups must be at least 1, got {requested}")
     groups = plan_groups(len(items), lanes, requested)
     codecs = [_codec(model, mode, g.lanes, coder_threads(threads, groups)) for g in groups]
-    parts = run_groups(lambda i, g, report: codecs[i].encode([items[j] for j in g.items], report), groups,
+    parts = run_groups(lambda i, g, report: codecs[i].encode([items[j] for j in g.items], report, ids=g.items), groups,
                        model.device, progress)
     streams = [stream for part_streams, _ in parts for stream in part_streams]
     stats = merge_stats([part_stats for _, part_stats in parts], groups, len(items))
@@ -351,14 +351,23 @@ def _decode_items(archive: Archive, model: LoadedModel, refs: Sequence[tuple[_It
         codec = codecs[index]
         group_shapes = [shapes[i] for i in group.items]
         streams = group_streams(archive.lane_streams, group)
-        if side is None:
-            return codec.decode(group_shapes, streams, report)
-        assert isinstance(codec, AribCodec)
-        qps, pads = ([values[i] for i in group.items] for values in side)
-        return codec.decode(group_shapes, streams, qps, pads, report)
+        try:
+            if side is None:
+                return codec.decode(group_shapes, streams, report, archive.sealed_lanes, ids=group.items)
+            assert isinstance(codec, AribCodec)
+            qps, pads = ([values[i] for i in group.items] for values in side)
+            return codec.decode(group_shapes, streams, qps, pads, report, archive.sealed_lanes, ids=group.items)
+        except LaneSealError as exc:  # group-local item indices -> the archive's
+            raise LaneSealError([group.items[i] for i in exc.items]) from None
 
     try:
         return scatter(run_groups(decode_group, groups, model.device, progress), groups, len(shapes))
+    except LaneSealError as exc:
+        names = sorted({archive.images[refs[i][0].image].name for i in exc.items})
+        shown = ", ".join(repr(n) for n in names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        raise ChecksumError(f"image{'s' if len(names) > 1 else ''} {shown} did not decode to the pixels that were "
+                            "encoded (lane check mismatch): the file is corrupted or the decoder differs from "
+                            "the encoder") from None
     except (StreamError, NotEnoughBitsError) as exc:
         raise ArchiveError(f"corrupted lane stream: {exc}") from None
     except ValueError as exc:
@@ -379,7 +388,7 @@ def _assemble(archive: Archive, refs: Sequence[tuple[_ItemRef, tuple[int, int, i
                                    record.height, record.width, channels)
         alpha_flag = record.extra.get("alpha")
         pixels = join_alpha(parts["colour"], parts.get("alpha"), alpha_flag == "opaque")
-        if pixel_checksum(pixels) != bytes(record.checksum):
+        if record.checksum is not None and pixel_checksum(pixels) != bytes(record.checksum):
             raise ChecksumError(f"image {record.name!r} did not decode to the pixels that were encoded "
                                 "(checksum mismatch): the file is corrupted or the decoder differs from the encoder")
         decoded.append(DecodedImage(record, pixels))

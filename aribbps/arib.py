@@ -131,12 +131,13 @@ class AribCodec(PlaneCodec):
 
     # ------------------------------------------------------------------ encode
     @torch.no_grad()
-    def encode(self, items: Sequence[np.ndarray], progress: Callable[[int], None] | None = None
-               ) -> tuple[list[bytes], AribStats]:
+    def encode(self, items: Sequence[np.ndarray], progress: Callable[[int], None] | None = None,
+               ids: Sequence[int] | None = None) -> tuple[list[bytes], AribStats]:
         shapes = [_check_item(item) for item in items]
         stats = AribStats.zeros(len(items))
-        coder = LaneCoder(self.lanes, self.threads)
-        rounds = reversed(list(plan_rounds(shapes, self.lanes, self.multiple, self.device)))
+        plan = list(plan_rounds(shapes, self.lanes, self.multiple, self.device))
+        coder = self.sealed_coder(items, plan, ids)
+        rounds = reversed(plan)
         for rnd, ahead in prefetched(lambda r: self._coder_free_work(items, r, stats), rounds,
                                      self.device, self.overlap):
             coder = self._encode_round(coder, rnd, ahead, stats)
@@ -293,8 +294,10 @@ class AribCodec(PlaneCodec):
     # ------------------------------------------------------------------ decode
     @torch.no_grad()
     def decode(self, shapes: Sequence[ItemShape], streams: Sequence[bytes], qp: Sequence[int],
-               padding_words: Sequence[int], progress: Callable[[int], None] | None = None) -> list[np.ndarray]:
-        """Decodes items given their shapes, qp and padding word counts (from the container)."""
+               padding_words: Sequence[int], progress: Callable[[int], None] | None = None,
+               sealed: bool = True, ids: Sequence[int] | None = None) -> list[np.ndarray]:
+        """Decodes items given their shapes, qp and padding word counts (from the container);
+        ``sealed``, ``ids``: as for :meth:`aribbps.codec.PlaneCodec.decode`."""
         if len(qp) != len(shapes) or len(padding_words) != len(shapes):
             raise ValueError("need one qp and one padding count per item")
         # Checked as Python ints first: a damaged header may hold any integer, even beyond int64.
@@ -306,12 +309,13 @@ class AribCodec(PlaneCodec):
         pad_all = np.asarray(padding_words, np.int64)
         coder = self.open_streams(streams)
         out: list[np.ndarray] = [np.empty(0, np.uint8)] * len(shapes)
-        for rnd in plan_rounds(list(shapes), self.lanes, self.multiple, self.device):
+        plan = list(plan_rounds(list(shapes), self.lanes, self.multiple, self.device))
+        for rnd in plan:
             x = self._decode_round(coder, rnd, qp_all[rnd.items].astype(np.uint8), pad_all[rnd.items])
             self.collect(x, rnd, out)
             if progress is not None:
                 progress(rnd.size)
-        self.check_consumed(coder)
+        self.check_end(coder, out, plan, sealed, ids)
         return out
 
     def _decode_round(self, coder: LaneCoder, rnd: _Round, qp: np.ndarray, pad: np.ndarray) -> Tensor:

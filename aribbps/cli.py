@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("decompress", help="restore the images of an .arib file",
                        description="Decode an .arib file into a folder with the original file names; lossless "
                                    "formats are kept, lossy originals (JPEG) are written as PNG. Every image is "
-                                   "verified against its stored checksum; nothing is written unless all verify.")
+                                   "verified (lane seals; per-image checksums in version 1-2 files); nothing is written "
+                                   "unless all verify.")
     d.add_argument("input", metavar="IN.arib")
     d.add_argument("-o", "--output", metavar="DIR", required=True, help="output folder (created if needed)")
     _add_model_options(d)

@@ -32,6 +32,7 @@ from torch import Tensor
 
 from aribbps.bitplanes import NUM_STEPS, known_before, plane_bits, step_positions, step_view, steps_before_mask
 from aribbps.coder import LaneCoder
+from aribbps.lane_seal import check_lane_seals, lane_seals
 from aribbps.models.bitplane_net import BitPlaneNet
 from aribbps.overlap import default_overlap, prefetched
 from aribbps.probability import P_MAX, P_MIN, coupled_probs
@@ -114,6 +115,15 @@ def plan_rounds(shapes: Sequence[ItemShape], lanes: int, multiple: int, device: 
         yield _Round(idx, sub, height, width, torch.from_numpy(valid).to(device), masks)
 
 
+def lane_items(plan: Sequence[_Round], lanes: int) -> list[list[int]]:
+    """The items of every lane in decoding order (round r puts its j-th item on lane j)."""
+    out: list[list[int]] = [[] for _ in range(lanes)]
+    for rnd in plan:
+        for j, i in enumerate(rnd.items):
+            out[j].append(i)
+    return out
+
+
 def _pad_batch(items: Sequence[np.ndarray], height: int, width: int) -> np.ndarray:
     """Items (C, h, w) -> (n, 3, H, W) uint8, grey replicated, edge-padded."""
     batch = np.empty((len(items), 3, height, width), dtype=np.uint8)
@@ -181,15 +191,20 @@ class PlaneCodec:
 
     # ------------------------------------------------------------------ encode
     @torch.no_grad()
-    def encode(self, items: Sequence[np.ndarray], progress: Callable[[int], None] | None = None
-               ) -> tuple[list[bytes], CodingStats]:
-        """Codes ``items`` ((C, h, w) uint8, C in {1, 3}); returns lane streams and stats."""
+    def encode(self, items: Sequence[np.ndarray], progress: Callable[[int], None] | None = None,
+               ids: Sequence[int] | None = None) -> tuple[list[bytes], CodingStats]:
+        """Codes ``items`` ((C, h, w) uint8, C in {1, 3}); returns lane streams and stats.
+
+        ``ids``: what the lane seals call the items (default their indices;
+        see :func:`aribbps.lane_seal.lane_seals`); the decoder must pass the same.
+        """
         if self.nets.sig.cfg.latent_channels > 0:
             raise ValueError("this model's SIG network takes latent features; code it in an ArIB mode")
         shapes = [_check_item(item) for item in items]
         stats = CodingStats.zeros(len(items))
-        coder = LaneCoder(self.lanes, self.threads)
-        rounds = reversed(list(plan_rounds(shapes, self.lanes, self.multiple, self.device)))
+        plan = list(plan_rounds(shapes, self.lanes, self.multiple, self.device))
+        coder = self.sealed_coder(items, plan, ids)
+        rounds = reversed(plan)
 
         def network(rnd: _Round) -> list[StepCodes]:
             return self.plane_codes(self.round_batch(items, rnd), rnd, range(1, 9), None, stats)
@@ -199,6 +214,13 @@ class PlaneCodec:
             if progress is not None:
                 progress(rnd.size)
         return coder.to_bytes(), stats
+
+    def sealed_coder(self, items: Sequence[np.ndarray], plan: Sequence[_Round],
+                     ids: Sequence[int] | None) -> LaneCoder:
+        """Empty lanes, each sealed with the hash of its items (:mod:`aribbps.lane_seal`)."""
+        coder = LaneCoder(self.lanes, self.threads)
+        coder.seal(lane_seals(items, lane_items(plan, self.lanes), ids))
+        return coder
 
     def round_batch(self, items: Sequence[np.ndarray], rnd: _Round) -> Tensor:
         """The round's items as one padded (n, 3, H, W) uint8 batch on the device."""
@@ -251,22 +273,29 @@ class PlaneCodec:
     # ------------------------------------------------------------------ decode
     @torch.no_grad()
     def decode(self, shapes: Sequence[ItemShape], streams: Sequence[bytes],
-               progress: Callable[[int], None] | None = None) -> list[np.ndarray]:
+               progress: Callable[[int], None] | None = None, sealed: bool = True,
+               ids: Sequence[int] | None = None) -> list[np.ndarray]:
         """Decodes items of the given shapes from lane streams.
+
+        ``sealed``: the streams end in lane seals (format version 3), made
+        with the items' ``ids`` as in :meth:`encode`; else (versions 1-2) they
+        must end empty and the container's per-image checksums are the check.
 
         Raises:
             aribbps.coder.StreamError / NotEnoughBitsError: damaged streams.
-            ValueError: streams left with unread bits (damaged or wrong model).
+            LaneSealError: lanes that did not decode to what was encoded.
+            ValueError: unsealed streams left with unread bits (damaged or wrong model).
         """
         coder = self.open_streams(streams)
         out: list[np.ndarray] = [np.empty(0, np.uint8)] * len(shapes)
-        for rnd in plan_rounds(list(shapes), self.lanes, self.multiple, self.device):
+        plan = list(plan_rounds(list(shapes), self.lanes, self.multiple, self.device))
+        for rnd in plan:
             x = self.empty_batch(rnd)
             self.decode_planes(coder, rnd, x, range(1, 9), None)
             self.collect(x, rnd, out)
             if progress is not None:
                 progress(rnd.size)
-        self.check_consumed(coder)
+        self.check_end(coder, out, plan, sealed, ids)
         return out
 
     def open_streams(self, streams: Sequence[bytes]) -> LaneCoder:
@@ -284,9 +313,12 @@ class PlaneCodec:
             c, h, w = rnd.shapes[j]
             out[i] = np.ascontiguousarray(pixels[j, :c, :h, :w])
 
-    @staticmethod
-    def check_consumed(coder: LaneCoder) -> None:
-        if not coder.is_empty().all():
+    def check_end(self, coder: LaneCoder, out: Sequence[np.ndarray], plan: Sequence[_Round], sealed: bool,
+                  ids: Sequence[int] | None) -> None:
+        """After the last round: the lane seals match the decoded items, or (unsealed) the lanes are empty."""
+        if sealed:
+            check_lane_seals(coder, out, lane_items(plan, self.lanes), ids)
+        elif not coder.is_empty().all():
             raise ValueError("lane streams hold more bits than the images need: the file is damaged "
                              "or was written by another model")
 

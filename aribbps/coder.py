@@ -162,6 +162,17 @@ class LaneCoder:
     def is_empty(self) -> np.ndarray:
         return self._core.is_empty()
 
+    def seal(self, values: Sequence[int] | np.ndarray) -> None:
+        """Seals every lane (all must be empty) with a 64-bit value: see :meth:`seal_values`."""
+        self._core.seal(np.ascontiguousarray(values, dtype=np.uint64))
+
+    def seal_values(self) -> tuple[np.ndarray, np.ndarray]:
+        """(values uint64, ok bool) per lane. A lane decoded to its end is back in
+        the states :meth:`seal` gave it, so ``ok`` and ``values`` is the seal; a
+        stream with bits left over has ok False. Costs no bytes: the seal sits in
+        the low bits of the rANS states that would otherwise hold a constant."""
+        return self._core.seal_values()
+
     def to_bytes(self) -> list[bytes]:
         return self._core.to_bytes()
 

@@ -1,27 +1,34 @@
 """The ``.arib`` container: header, image records and lane streams, as bytes.
 
 This module knows bytes and plain Python values only: no tensors, no codec.
-The byte layout is specified in ``docs/format.md``. Version 2, which this
+The byte layout is specified in ``docs/format.md``. Version 3, which this
 module writes, in short (integers little-endian, ``varint`` = LEB128)::
 
     +----------+--------------------------------------------------------+
     | prologue | "ARIB", u16 version, varint header size H              |
     +----------+--------------------------------------------------------+
     | header   | model id (first 8 bytes of the weights' sha256),       |
-    | H bytes  | varint images N, varint lanes L, u8 metadata codec,    |
-    |          | varint metadata size M, L x varint stream length,      |
-    |          | N x 8-byte pixel checksum, metadata (M bytes)          |
+    | H bytes  | u8 flags (coding mode, device, kernels, metadata codec)|
+    |          | varint images N, varint lanes L, varint metadata size, |
+    |          | L x varint stream length, metadata (M bytes)           |
     +----------+--------------------------------------------------------+
     | streams  | lane 0 | lane 1 | ... | lane L-1                       |
     +----------+--------------------------------------------------------+
     | u32 CRC32 of every byte before it                                 |
     +-------------------------------------------------------------------+
 
-It is version 1 (still read) with the fixed-size fields made varints, one
-CRC for the whole file instead of one per part and an 8-byte model id: a
-one-image file is 49 bytes smaller, which matters for 32x32 images.
-The metadata (names, formats, sizes, codec ``extra`` dicts) is a compact
-binary table, zlib-compressed when that is smaller. :func:`decode_archive`
+Version 2 (still read) stored an 8-byte pixel checksum per image, the
+metadata codec in its own byte, the coding mode, device and kernels in three
+metadata bytes, and the codec's ``extra`` dicts as JSON. Version 3 checks the
+decoded pixels with lane seals instead (:mod:`aribbps.lane_seal`: 64 bits per
+lane that cost no bytes), packs those codes into the flags byte, stores
+``extra`` in a compact binary form (:mod:`aribbps.packed`), common model
+names and formats as one-byte codes and a name's usual extension not at all
+(``a.png`` with format PNG is stored as ``a``). Version 1 (also read) had
+fixed-size fields and a CRC per part.
+
+The metadata (names, formats, sizes, ``extra`` dicts) is a compact binary
+table, zlib-compressed when that is smaller. :func:`decode_archive`
 treats its input as hostile: every length is checked against the bytes that
 are left before anything is sliced or allocated, decompression is bounded,
 all checksums are verified, and every failure is an :class:`ArchiveError`
@@ -38,18 +45,28 @@ from typing import Any
 
 from .atomic import StrPath, atomic_write_bytes
 from .errors import ArchiveError, ModelMismatchError
+from .packed import Reader as _Reader
+from .packed import pack_dict, read_dict, str_field as _str_field, varint as _varint
 
 MAGIC = b"ARIB"
 #: The version this module writes.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 #: The versions this module reads.
-READABLE_VERSIONS: tuple[int, ...] = (1, 2)
+READABLE_VERSIONS: tuple[int, ...] = (1, 2, 3)
 
 #: Enumerations stored as one byte: the code is the index in the tuple.
 CODING_MODES: tuple[str, ...] = ("context", "single", "dataset")
 DEVICE_KINDS: tuple[str, ...] = ("cpu", "cuda")
 KERNEL_PATHS: tuple[str, ...] = ("torch", "triton")
 IMAGE_MODES: tuple[str, ...] = ("L", "LA", "RGB", "RGBA")
+#: Version 3 stores these strings as a one-byte code (index + 1; 0 = the
+#: string follows). Append only: a code, once written, keeps its meaning.
+MODEL_NAMES: tuple[str, ...] = ("tiny", "small", "medium", "deep-ins", "cifar10", "imagenet32", "imagenet64",
+                                "imagenet64_small", "tiny-context", "small-context")
+IMAGE_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "BMP", "TIFF", "WEBP", "PPM", "GIF", "TGA", "JPEG2000")
+#: The file-name extension a version-3 name leaves implied, per format.
+FORMAT_EXTENSIONS: dict[str, str] = {"PNG": "png", "JPEG": "jpg", "BMP": "bmp", "TIFF": "tif", "WEBP": "webp",
+                                     "PPM": "ppm", "GIF": "gif", "TGA": "tga", "JPEG2000": "jp2"}
 
 HASH_SIZE = 32
 #: Version 2 identifies the weights by the first bytes of their sha256: an
@@ -71,8 +88,11 @@ _META_LIMIT_MAX = 1 << 28
 _START = struct.Struct("<4sH")  # magic, version: the same in every version
 _CRC = struct.Struct("<I")
 _META_STORED, _META_ZLIB = 0, 1
-#: Smallest version-2 file: prologue with a 1-byte header size, model id,
-#: four 1-byte counts and the CRC.
+#: Version 3's flags byte: bits 0-1 coding mode, 2 device kind, 3 kernel path,
+#: 4 metadata codec; the others must be 0.
+_V3_UNKNOWN_FLAGS = 0xE0
+#: Smallest version-2/3 file: prologue with a 1-byte header size, model id,
+#: four 1-byte fields (flags and counts) and the CRC.
 _V2_MIN_SIZE = _START.size + 1 + MODEL_ID_SIZE + 4 + _CRC.size
 # Version 1 only.
 _V1_PROLOGUE = struct.Struct("<4sHHII")  # magic, version, flags, header size, header crc
@@ -90,8 +110,11 @@ class ImageRecord:
         fmt: original file format as Pillow names it ("PNG", "JPEG", ...).
         mode: "L", "LA", "RGB" or "RGBA".
         width, height: original size in pixels (before any padding).
-        checksum: 8-byte :func:`aribbps.imageio.pixel_checksum` of the pixels.
-        extra: codec-specific JSON-serialisable values (e.g. ``qp``).
+        checksum: versions 1-2: the 8-byte :func:`aribbps.imageio.pixel_checksum`
+            of the pixels. None in version 3, where the lane seals check the
+            decoded pixels instead (:mod:`aribbps.lane_seal`).
+        extra: codec-specific values (e.g. ``qp``): None, bool, int, float,
+            str, lists and dicts of them (:mod:`aribbps.packed`).
     """
 
     name: str
@@ -99,7 +122,7 @@ class ImageRecord:
     mode: str
     width: int
     height: int
-    checksum: bytes
+    checksum: bytes | None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -119,7 +142,10 @@ class Archive:
         kernel_path: "torch" or "triton", which kernels computed them.
         images: one record per image, in the codec's order.
         lane_streams: the coder's output, one byte string per lane.
-        extra: codec-specific JSON-serialisable values for the whole file.
+        extra: codec-specific values for the whole file (as for a record).
+        sealed_lanes: the lane streams end in lane seals (version 3, always
+            written so); False for a version 1-2 file, whose streams end empty
+            and whose records carry pixel checksums.
     """
 
     model_name: str
@@ -132,6 +158,7 @@ class Archive:
     images: list[ImageRecord]
     lane_streams: list[bytes]
     extra: dict[str, Any] = field(default_factory=dict)
+    sealed_lanes: bool = True
 
 
 # --------------------------------------------------------------------------
@@ -160,43 +187,6 @@ def _meta_limit(n_images: int) -> int:
 # --------------------------------------------------------------------------
 # writing
 
-def _varint(value: int) -> bytes:
-    """Unsigned LEB128."""
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def _str_field(text: str) -> bytes:
-    raw = text.encode("utf-8")
-    return _varint(len(raw)) + raw
-
-
-def _json_field(extra: Any, what: str) -> bytes:
-    """A dict as compact JSON in a string field; ``{}`` is stored as ``""``."""
-    if not isinstance(extra, dict):
-        raise ValueError(f"{what} must be a dict, got {type(extra).__name__}")
-    if not extra:
-        return _str_field("")
-    try:
-        text = json.dumps(extra, separators=(",", ":"), sort_keys=True,
-                          allow_nan=False, ensure_ascii=False)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{what} is not JSON-serialisable: {e}") from e
-    if json.loads(text) != extra:
-        raise ValueError(
-            f"{what} does not survive a JSON round trip (use str keys and lists, "
-            f"not tuples): {extra!r}"
-        )
-    return _str_field(text)
-
-
 def _code(value: str, table: tuple[str, ...], what: str) -> int:
     if value not in table:
         raise ValueError(f"{what} must be one of {list(table)}, got {value!r}")
@@ -219,29 +209,47 @@ def _check_record(i: int, r: ImageRecord) -> None:
             raise ValueError(f"image {i}: {what} must be an int in 1..{MAX_SIDE}, got {v!r}")
     if r.width * r.height > MAX_PIXELS:
         raise ValueError(f"image {i}: {r.width}x{r.height} has more than {MAX_PIXELS} pixels")
-    if not isinstance(r.checksum, (bytes, bytearray)) or len(r.checksum) != CHECKSUM_SIZE:
-        raise ValueError(f"image {i}: checksum must be {CHECKSUM_SIZE} bytes, got {r.checksum!r}")
+    if r.checksum is not None:
+        raise ValueError(f"image {i}: version {FORMAT_VERSION} stores no per-image checksum "
+                         f"(the lane seals check the pixels); got {r.checksum!r}")
+
+
+def _coded_str(value: str, table: tuple[str, ...]) -> bytes:
+    """A one-byte code (index + 1) for a string of ``table``, else 0 and the string."""
+    return bytes([table.index(value) + 1]) if value in table else b"\x00" + _str_field(value)
+
+
+def _name_field(r: ImageRecord) -> bytes:
+    """varint (byte length << 1 | implied extension), then the name, less its
+    extension where that is the format's usual one (``a.png`` with PNG: ``a``)."""
+    ext = "." + FORMAT_EXTENSIONS.get(r.fmt, "\0")
+    implied = r.name.endswith(ext) and len(r.name) > len(ext)
+    raw = (r.name[:-len(ext)] if implied else r.name).encode("utf-8")
+    return _varint(len(raw) << 1 | implied) + raw
 
 
 def _encode_meta(a: Archive) -> bytes:
-    """The metadata table, uncompressed (docs/format.md, "Metadata")."""
+    """The version-3 metadata table, uncompressed (docs/format.md, "Metadata")."""
     parts = [
         _varint(a.tile_size),
-        bytes([_code(a.mode, CODING_MODES, "mode"),
-               _code(a.device_kind, DEVICE_KINDS, "device_kind"),
-               _code(a.kernel_path, KERNEL_PATHS, "kernel_path")]),
-        _str_field(a.model_name),
-        _json_field(a.extra, "archive extra"),
+        _coded_str(a.model_name, MODEL_NAMES),
+        pack_dict(a.extra, "archive extra"),
     ]
     # Column by column: like values sit together, which zlib rewards.
-    parts += [_str_field(r.name) for r in a.images]
-    parts += [_str_field(r.fmt) for r in a.images]
+    parts += [_name_field(r) for r in a.images]
+    parts += [_coded_str(r.fmt, IMAGE_FORMATS) for r in a.images]
     parts.append(bytes(_code(r.mode, IMAGE_MODES, f"image {i}: mode")
                        for i, r in enumerate(a.images)))
     parts += [_varint(r.width) for r in a.images]
     parts += [_varint(r.height) for r in a.images]
-    parts += [_json_field(r.extra, f"image {i}: extra") for i, r in enumerate(a.images)]
+    parts += [pack_dict(r.extra, f"image {i}: extra") for i, r in enumerate(a.images)]
     return b"".join(parts)
+
+
+def _flags(a: Archive, meta_codec: int) -> int:
+    """The version-3 flags byte: coding mode, device kind, kernel path, metadata codec."""
+    return (_code(a.mode, CODING_MODES, "mode") | _code(a.device_kind, DEVICE_KINDS, "device_kind") << 2
+            | _code(a.kernel_path, KERNEL_PATHS, "kernel_path") << 3 | meta_codec << 4)
 
 
 def _check_archive(a: Archive) -> None:
@@ -253,6 +261,9 @@ def _check_archive(a: Archive) -> None:
         raise ValueError(f"tile_size must be an int in 0..{MAX_SIDE}, got {a.tile_size!r}")
     if not isinstance(a.lanes, int) or not 1 <= a.lanes <= MAX_LANES:
         raise ValueError(f"lanes must be an int in 1..{MAX_LANES}, got {a.lanes!r}")
+    if a.sealed_lanes is not True:
+        raise ValueError(f"version {FORMAT_VERSION} holds sealed lane streams only (aribbps.lane_seal); "
+                         "this archive's streams are unsealed")
     if len(a.lane_streams) != a.lanes:
         raise ValueError(f"lanes is {a.lanes} but there are {len(a.lane_streams)} lane streams")
     if len(a.images) > MAX_IMAGES:
@@ -276,10 +287,9 @@ def _encode_head(a: Archive, streams: list[bytes]) -> bytes:
     _check_archive(a)
     codec, meta_bytes = _packed_meta(a)
     header = b"".join([
-        bytes(a.model_hash[:MODEL_ID_SIZE]),
-        _varint(len(a.images)), _varint(a.lanes), bytes([codec]), _varint(len(meta_bytes)),
+        bytes(a.model_hash[:MODEL_ID_SIZE]), bytes([_flags(a, codec)]),
+        _varint(len(a.images)), _varint(a.lanes), _varint(len(meta_bytes)),
         *(_varint(len(s)) for s in streams),
-        *(bytes(r.checksum) for r in a.images),
         meta_bytes,
     ])
     return _START.pack(MAGIC, FORMAT_VERSION) + _varint(len(header)) + header
@@ -313,53 +323,6 @@ def write_archive(path: StrPath, a: Archive) -> Path:
 
 # --------------------------------------------------------------------------
 # reading
-
-class _Reader:
-    """Bounds-checked cursor over a memoryview; runs out with an ArchiveError."""
-
-    def __init__(self, buf: memoryview, what: str) -> None:
-        self.buf, self.pos, self.what = buf, 0, what
-
-    def remaining(self) -> int:
-        return len(self.buf) - self.pos
-
-    def take(self, n: int) -> memoryview:
-        if n < 0 or n > self.remaining():
-            raise ArchiveError(f"corrupted: {self.what} ends early "
-                               f"(needs {n} more bytes, has {self.remaining()})")
-        out = self.buf[self.pos:self.pos + n]
-        self.pos += n
-        return out
-
-    def u8(self) -> int:
-        return self.take(1)[0]
-
-    def varint(self) -> int:
-        value = 0
-        for shift in range(0, 64, 7):
-            byte = self.u8()
-            value |= (byte & 0x7F) << shift
-            if not byte & 0x80:
-                if byte == 0 and shift:
-                    raise ArchiveError(f"corrupted: {self.what} has an overlong integer")
-                if value >> 64:
-                    break
-                return value
-        raise ArchiveError(f"corrupted: {self.what} has an integer of more than 64 bits")
-
-    def string(self, max_bytes: int, what: str) -> str:
-        n = self.varint()
-        if n > max_bytes:
-            raise ArchiveError(f"corrupted: {what} is {n} bytes long (at most {max_bytes})")
-        try:
-            return str(self.take(n), "utf-8")
-        except UnicodeDecodeError:
-            raise ArchiveError(f"corrupted: {what} is not valid UTF-8") from None
-
-    def finish(self) -> None:
-        if self.remaining():
-            raise ArchiveError(f"corrupted: {self.remaining()} unexpected bytes after {self.what}")
-
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not allowed")
@@ -406,25 +369,74 @@ def _inflate(blob: memoryview, limit: int) -> bytes:
     return out
 
 
-def _decode_meta(meta: bytes, n_images: int, checksums: memoryview) -> dict[str, Any]:
+def _read_coded_str(r: _Reader, table: tuple[str, ...], what: str) -> str:
+    """Version 3: a one-byte code into ``table``, or 0 and the string."""
+    code = r.u8()
+    if code == 0:
+        value = r.string(MAX_SHORT_STR_BYTES, what)
+        if not value:
+            raise ArchiveError(f"corrupted: empty {what}")
+        return value
+    if code > len(table):
+        raise ArchiveError(f"corrupted: unknown {what} code {code}")
+    return table[code - 1]
+
+
+def _read_name_part(r: _Reader, i: int) -> tuple[str, bool]:
+    """Version 3: (stored name, whether the format's extension is implied)."""
+    head = r.varint()
+    if head >> 1 > MAX_NAME_BYTES:
+        raise ArchiveError(f"corrupted: image {i} name is {head >> 1} bytes long (at most {MAX_NAME_BYTES})")
+    return r.utf8(head >> 1, f"image {i} name"), bool(head & 1)
+
+
+def _full_name(stored: str, implied: bool, fmt: str, i: int) -> str:
+    if not implied:
+        return stored
+    if fmt not in FORMAT_EXTENSIONS:
+        raise ArchiveError(f"corrupted: image {i} name implies an extension, but format {fmt!r} has none")
+    return f"{stored}.{FORMAT_EXTENSIONS[fmt]}"
+
+
+def _flag_fields(flags: int) -> dict[str, Any]:
+    """Version 3: coding mode, device kind and kernel path from the flags byte."""
+    if flags & _V3_UNKNOWN_FLAGS:
+        raise ArchiveError(f"unsupported flags 0x{flags:02x}: the file uses features this aribbps does not know")
+    if flags & 3 >= len(CODING_MODES):
+        raise ArchiveError(f"corrupted: unknown coding mode code {flags & 3} (known: {list(CODING_MODES)})")
+    return {"mode": CODING_MODES[flags & 3], "device_kind": DEVICE_KINDS[flags >> 2 & 1],
+            "kernel_path": KERNEL_PATHS[flags >> 3 & 1]}
+
+
+def _decode_meta(meta: bytes, n_images: int, checksums: memoryview | None, flags: int | None) -> dict[str, Any]:
+    """The metadata table: version 3's when ``flags`` (its header's flags byte) is given, else version 1/2's."""
     r = _Reader(memoryview(meta), "metadata")
     tile_size = r.varint()
     if tile_size > MAX_SIDE:
         raise ArchiveError(f"corrupted: tile size {tile_size} is above {MAX_SIDE}")
-    fields: dict[str, Any] = {
-        "tile_size": tile_size,
-        "mode": _read_code(r, CODING_MODES, "coding mode"),
-        "device_kind": _read_code(r, DEVICE_KINDS, "device kind"),
-        "kernel_path": _read_code(r, KERNEL_PATHS, "kernel path"),
-    }
-    fields["model_name"] = r.string(MAX_SHORT_STR_BYTES, "model name")
-    fields["extra"] = _read_json(r, "archive extra", len(meta))
-    names = [r.string(MAX_NAME_BYTES, f"image {i} name") for i in range(n_images)]
-    fmts = [r.string(MAX_SHORT_STR_BYTES, f"image {i} format") for i in range(n_images)]
+    fields: dict[str, Any] = {"tile_size": tile_size}
+    if flags is None:
+        fields["mode"] = _read_code(r, CODING_MODES, "coding mode")
+        fields["device_kind"] = _read_code(r, DEVICE_KINDS, "device kind")
+        fields["kernel_path"] = _read_code(r, KERNEL_PATHS, "kernel path")
+        fields["model_name"] = r.string(MAX_SHORT_STR_BYTES, "model name")
+        fields["extra"] = _read_json(r, "archive extra", len(meta))
+        names = [r.string(MAX_NAME_BYTES, f"image {i} name") for i in range(n_images)]
+        fmts = [r.string(MAX_SHORT_STR_BYTES, f"image {i} format") for i in range(n_images)]
+    else:
+        fields.update(_flag_fields(flags))
+        fields["model_name"] = _read_coded_str(r, MODEL_NAMES, "model name")
+        fields["extra"] = read_dict(r, "archive extra")
+        name_parts = [_read_name_part(r, i) for i in range(n_images)]
+        fmts = [_read_coded_str(r, IMAGE_FORMATS, f"image {i} format") for i in range(n_images)]
+        names = [_full_name(stored, implied, fmt, i) for i, ((stored, implied), fmt) in enumerate(zip(name_parts, fmts))]
     modes = [_read_code(r, IMAGE_MODES, f"image {i} mode") for i in range(n_images)]
     widths = [r.varint() for _ in range(n_images)]
     heights = [r.varint() for _ in range(n_images)]
-    extras = [_read_json(r, f"image {i} extra", len(meta)) for i in range(n_images)]
+    if flags is None:
+        extras = [_read_json(r, f"image {i} extra", len(meta)) for i in range(n_images)]
+    else:
+        extras = [read_dict(r, f"image {i} extra") for i in range(n_images)]
     r.finish()
     images = []
     for i in range(n_images):
@@ -436,7 +448,7 @@ def _decode_meta(meta: bytes, n_images: int, checksums: memoryview) -> dict[str,
         w, h = widths[i], heights[i]
         if not (1 <= w <= MAX_SIDE and 1 <= h <= MAX_SIDE and w * h <= MAX_PIXELS):
             raise ArchiveError(f"corrupted: image {i} has an impossible size {w}x{h}")
-        checksum = bytes(checksums[i * CHECKSUM_SIZE:(i + 1) * CHECKSUM_SIZE])
+        checksum = None if checksums is None else bytes(checksums[i * CHECKSUM_SIZE:(i + 1) * CHECKSUM_SIZE])
         images.append(ImageRecord(names[i], fmts[i], modes[i], w, h, checksum, extras[i]))
     if not fields["model_name"]:
         raise ArchiveError("corrupted: empty model name")
@@ -467,7 +479,8 @@ def _check_counts(n_images: int, n_lanes: int, meta_codec: int) -> None:
         raise ArchiveError(f"corrupted: unknown metadata codec {meta_codec}")
 
 
-def _metadata(meta_blob: memoryview, meta_codec: int, n_images: int, checksums: memoryview) -> dict[str, Any]:
+def _metadata(meta_blob: memoryview, meta_codec: int, n_images: int, checksums: memoryview | None,
+              flags: int | None) -> dict[str, Any]:
     """The decoded metadata table: decompressed within its bound, then parsed."""
     limit = _meta_limit(n_images)
     if meta_codec == _META_ZLIB:
@@ -476,7 +489,7 @@ def _metadata(meta_blob: memoryview, meta_codec: int, n_images: int, checksums: 
         raise ArchiveError(f"corrupted: metadata of {len(meta_blob)} bytes is above {limit}")
     else:
         meta = bytes(meta_blob)
-    return _decode_meta(meta, n_images, checksums)
+    return _decode_meta(meta, n_images, checksums, flags)
 
 
 def _split_streams(view: memoryview, offset: int, lengths: list[int]) -> list[bytes]:
@@ -488,7 +501,7 @@ def _split_streams(view: memoryview, offset: int, lengths: list[int]) -> list[by
 
 
 def decode_archive(data: bytes | bytearray | memoryview) -> Archive:
-    """Parse and verify an ``.arib`` file (version 1 or 2) held in memory.
+    """Parse and verify an ``.arib`` file (version 1, 2 or 3) held in memory.
 
     Raises:
         ArchiveError: not an ``.arib`` file, an unsupported version or flag,
@@ -507,12 +520,13 @@ def decode_archive(data: bytes | bytearray | memoryview) -> Archive:
         readable = ", ".join(str(v) for v in READABLE_VERSIONS)
         raise ArchiveError(f"unsupported format version {version} "
                            f"(this aribbps reads versions {readable})")
-    return _decode_v1(view) if version == 1 else _decode_v2(view)
+    return _decode_v1(view) if version == 1 else _decode_varint_header(view, version)
 
 
-def _decode_v2(view: memoryview) -> Archive:
-    """Version 2: the header is parsed (bounds-checked) to learn the file's size,
-    then the whole-file CRC is verified before the metadata is decoded."""
+def _decode_varint_header(view: memoryview, version: int) -> Archive:
+    """Versions 2 and 3: the header is parsed (bounds-checked) to learn the file's
+    size, then the whole-file CRC is verified before the metadata is decoded.
+    Version 3 has a flags byte where version 2 has its metadata codec byte."""
     size = len(view)
     if size < _V2_MIN_SIZE:
         raise ArchiveError(f"truncated: file has {size} bytes, an .arib file has at least {_V2_MIN_SIZE}")
@@ -524,20 +538,21 @@ def _decode_v2(view: memoryview) -> Archive:
         raise _truncated(header_end + _CRC.size, size)
     r = _Reader(view[header_start:header_end], "header")
     model_id = bytes(r.take(MODEL_ID_SIZE))
+    flags = r.u8() if version >= 3 else None
     n_images, n_lanes = r.varint(), r.varint()
-    meta_codec = r.u8()
+    meta_codec = r.u8() if flags is None else flags >> 4 & 1
     meta_size = r.varint()
     _check_counts(n_images, n_lanes, meta_codec)
     lengths = [r.varint() for _ in range(n_lanes)]
-    checksums = r.take(n_images * CHECKSUM_SIZE)
+    checksums = r.take(n_images * CHECKSUM_SIZE) if flags is None else None
     meta_blob = r.take(meta_size)
     r.finish()
     _check_total(header_end + sum(lengths) + _CRC.size, size)
     (crc,) = _CRC.unpack(view[size - _CRC.size:])
     if zlib.crc32(view[:size - _CRC.size]) != crc:
         raise ArchiveError("corrupted: checksum mismatch")
-    fields = _metadata(meta_blob, meta_codec, n_images, checksums)
-    return Archive(model_hash=model_id, lanes=n_lanes,
+    fields = _metadata(meta_blob, meta_codec, n_images, checksums, flags)
+    return Archive(model_hash=model_id, lanes=n_lanes, sealed_lanes=flags is not None,
                    lane_streams=_split_streams(view, header_end, lengths), **fields)
 
 
@@ -572,12 +587,12 @@ def _decode_v1(view: memoryview) -> Archive:
     checksums = r.take(n_images * CHECKSUM_SIZE)
     meta_blob = r.take(meta_size)
     r.finish()
-    fields = _metadata(meta_blob, meta_codec, n_images, checksums)
+    fields = _metadata(meta_blob, meta_codec, n_images, checksums, None)
     streams = _split_streams(view, header_end, [length for length, _ in lane_table])
     for i, (stream, (_, crc)) in enumerate(zip(streams, lane_table)):
         if zlib.crc32(stream) != crc:
             raise ArchiveError(f"corrupted: lane {i} checksum mismatch")
-    return Archive(model_hash=bytes(model_hash), lanes=n_lanes, lane_streams=streams, **fields)
+    return Archive(model_hash=bytes(model_hash), lanes=n_lanes, lane_streams=streams, sealed_lanes=False, **fields)
 
 
 def read_archive(path: StrPath) -> Archive:

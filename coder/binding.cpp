@@ -215,6 +215,20 @@ PYBIND11_MODULE(_coder, m) {
              for (size_t l = 0; l < e.size(); ++l) out.mutable_data()[l] = e[l] != 0;
              return out;
            })
+      .def("seal",
+           [](LaneCoder& c, const CArray<uint64_t>& values) {
+             check_size(values, static_cast<py::ssize_t>(c.lanes()), "values");
+             c.seal(values.data());
+           })
+      .def("seal_values",
+           [](const LaneCoder& c) {
+             CArray<uint64_t> values(static_cast<py::ssize_t>(c.lanes()));
+             CArray<bool> ok(static_cast<py::ssize_t>(c.lanes()));
+             std::vector<uint8_t> flags(c.lanes());
+             c.seal_values(values.mutable_data(), flags.data());
+             for (size_t l = 0; l < flags.size(); ++l) ok.mutable_data()[l] = flags[l] != 0;
+             return py::make_tuple(values, ok);
+           })
       .def("to_bytes", [](const LaneCoder& c) {
         std::vector<std::vector<uint8_t>> streams;
         {

@@ -291,6 +291,22 @@ std::vector<uint8_t> LaneCoder::is_empty() const {
   return empty;
 }
 
+void LaneCoder::seal(const uint64_t* values) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  for (size_t l = 0; l < stacks_.size(); ++l) {
+    if (!stacks_[l].is_empty()) throw InvalidArgument("seal needs empty lanes (lane " + std::to_string(l) + ")");
+  }
+  for (size_t l = 0; l < stacks_.size(); ++l) stacks_[l].seal(values[l]);
+}
+
+void LaneCoder::seal_values(uint64_t* values, uint8_t* ok) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  for (size_t l = 0; l < stacks_.size(); ++l) {
+    values[l] = 0;
+    ok[l] = stacks_[l].seal_value(values[l]) ? 1 : 0;
+  }
+}
+
 std::vector<std::vector<uint8_t>> LaneCoder::serialize() const {
   std::lock_guard<std::mutex> lock(mutex_);
   std::vector<std::vector<uint8_t>> out(stacks_.size());
@@ -305,7 +321,7 @@ size_t LaneCoder::encode_bound(size_t n, int max_bits) {
   // Every symbol adds at most max_bits + 1 bits of state growth (rounding),
   // the two states carry at most 2 x 32 bits.
   const size_t bits = n * static_cast<size_t>(max_bits + 1) + 64;
-  return RansStack::kHeaderBytes + 4 * (bits / 32 + 2);
+  return RansStack::kMaxHeaderBytes + 4 * (bits / 32 + 2);
 }
 
 }  // namespace arib

@@ -69,6 +69,11 @@ class LaneCoder {
 
   std::vector<int64_t> num_bits() const;
   std::vector<uint8_t> is_empty() const;
+  // Seals (rans_stack.hpp): values[l] seals lane l, which must be empty.
+  void seal(const uint64_t* values);
+  // Per lane: ok[l] = 1 and values[l] the seal when the lane is decoded to
+  // its end (no word left, states back below 2^33), else ok[l] = 0.
+  void seal_values(uint64_t* values, uint8_t* ok) const;
   std::vector<std::vector<uint8_t>> serialize() const;
 
   // Upper bound of the serialised size of one lane after pushing n symbols

@@ -111,56 +111,78 @@ int64_t RansStack::num_bits() const {
   return bits;
 }
 
-namespace {
-void put_u64(uint8_t* out, uint64_t v) {
-  for (int i = 0; i < 8; ++i) out[i] = static_cast<uint8_t>(v >> (8 * i));
+void RansStack::seal(uint64_t value) {
+  if (!is_empty()) throw InvalidArgument("seal() needs an empty stack");
+  state_[0] = kLower + (value & 0xFFFFFFFFu);
+  state_[1] = kLower + (value >> 32);
 }
-uint64_t get_u64(const uint8_t* in) {
+
+bool RansStack::seal_value(uint64_t& value) const {
+  if (top_ != 0 || turn_ != 0 || state_[0] >= 2 * kLower || state_[1] >= 2 * kLower) return false;
+  value = (state_[0] - kLower) | ((state_[1] - kLower) << 32);
+  return true;
+}
+
+namespace {
+void put_le(uint8_t* out, uint64_t v, size_t n) {
+  for (size_t i = 0; i < n; ++i) out[i] = static_cast<uint8_t>(v >> (8 * i));
+}
+uint64_t get_le(const uint8_t* in, size_t n) {
   uint64_t v = 0;
-  for (int i = 0; i < 8; ++i) v |= static_cast<uint64_t>(in[i]) << (8 * i);
+  for (size_t i = 0; i < n; ++i) v |= static_cast<uint64_t>(in[i]) << (8 * i);
   return v;
+}
+void get_words(const uint8_t* p, size_t n, std::vector<uint32_t>& words) {
+  words.resize(n);
+  for (size_t i = 0; i < n; ++i, p += 4) words[i] = static_cast<uint32_t>(get_le(p, 4));
 }
 }  // namespace
 
 void RansStack::serialize(uint8_t* out) const {
-  out[0] = 1;
-  out[1] = static_cast<uint8_t>(turn_);
-  put_u64(out + 2, state_[0]);
-  put_u64(out + 10, state_[1]);
-  uint8_t* p = out + kHeaderBytes;
-  for (size_t i = 0; i < top_; ++i, p += 4) {
-    const uint32_t w = words_[i];
-    p[0] = static_cast<uint8_t>(w);
-    p[1] = static_cast<uint8_t>(w >> 8);
-    p[2] = static_cast<uint8_t>(w >> 16);
-    p[3] = static_cast<uint8_t>(w >> 24);
-  }
+  const size_t n0 = state_bytes(state_[0]), n1 = state_bytes(state_[1]);
+  out[0] = static_cast<uint8_t>(0x80u | (turn_ << 4) | ((n0 - 5) << 2) | (n1 - 5));
+  put_le(out + 1, state_[0], n0);
+  put_le(out + 1 + n0, state_[1], n1);
+  uint8_t* p = out + 1 + n0 + n1;
+  for (size_t i = 0; i < top_; ++i, p += 4) put_le(p, words_[i], 4);
 }
 
 RansStack RansStack::deserialize(const uint8_t* data, size_t size) {
-  if (size < kHeaderBytes) {
-    throw StreamError("lane stream is truncated: " + std::to_string(size) + " bytes, a stack needs at least " +
-                      std::to_string(kHeaderBytes));
-  }
-  if ((size - kHeaderBytes) % 4 != 0) {
-    throw StreamError("lane stream is truncated or padded: " + std::to_string(size) +
-                      " bytes is not 18 + a multiple of 4");
-  }
-  if (data[0] != 1) throw StreamError("lane stream has unknown stack version " + std::to_string(data[0]));
-  if (data[1] > 1) throw StreamError("lane stream is corrupted: bad state index " + std::to_string(data[1]));
+  if (size == 0) throw StreamError("lane stream is empty: a stack needs at least 11 bytes");
   RansStack s;
-  s.turn_ = data[1];
-  s.state_[0] = get_u64(data + 2);
-  s.state_[1] = get_u64(data + 10);
-  if (s.state_[0] < kLower || s.state_[1] < kLower) throw StreamError("lane stream is corrupted: state out of range");
-  const size_t n = (size - kHeaderBytes) / 4;
-  s.words_.resize(n);
-  const uint8_t* p = data + kHeaderBytes;
-  for (size_t i = 0; i < n; ++i, p += 4) {
-    s.words_[i] = static_cast<uint32_t>(p[0]) | (static_cast<uint32_t>(p[1]) << 8) |
-                  (static_cast<uint32_t>(p[2]) << 16) | (static_cast<uint32_t>(p[3]) << 24);
+  size_t header = 0;
+  if (data[0] == 1) {  // layout 1
+    header = kMaxHeaderBytes;
+    if (size < header) {
+      throw StreamError("lane stream is truncated: " + std::to_string(size) + " bytes, a stack needs at least " +
+                        std::to_string(header));
+    }
+    if (data[1] > 1) throw StreamError("lane stream is corrupted: bad state index " + std::to_string(data[1]));
+    s.turn_ = data[1];
+    s.state_[0] = get_le(data + 2, 8);
+    s.state_[1] = get_le(data + 10, 8);
+    if (s.state_[0] < kLower || s.state_[1] < kLower) throw StreamError("lane stream is corrupted: state out of range");
+  } else if ((data[0] & 0xE0u) == 0x80u) {  // layout 2
+    const size_t n0 = 5 + ((data[0] >> 2) & 3u), n1 = 5 + (data[0] & 3u);
+    header = 1 + n0 + n1;
+    if (size < header) {
+      throw StreamError("lane stream is truncated: " + std::to_string(size) + " bytes, its stack header needs " +
+                        std::to_string(header));
+    }
+    s.turn_ = (data[0] >> 4) & 1u;
+    s.state_[0] = get_le(data + 1, n0);
+    s.state_[1] = get_le(data + 1 + n0, n1);
+    // The last byte of each state must be nonzero: one encoding per stack, and states >= 2^32.
+    if (data[n0] == 0 || data[n0 + n1] == 0) throw StreamError("lane stream is corrupted: state out of range");
+  } else {
+    throw StreamError("lane stream has unknown stack layout " + std::to_string(data[0]));
   }
-  s.top_ = n;
+  if ((size - header) % 4 != 0) {
+    throw StreamError("lane stream is truncated or padded: " + std::to_string(size) + " bytes is not " +
+                      std::to_string(header) + " + a multiple of 4");
+  }
+  get_words(data + header, (size - header) / 4, s.words_);
+  s.top_ = s.words_.size();
   return s;
 }
 

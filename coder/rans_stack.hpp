@@ -73,6 +73,19 @@ class RansStack {
   // Information held, in bits: 0 for an empty stack.
   int64_t num_bits() const;
   bool is_empty() const { return top_ == 0 && state_[0] == kLower && state_[1] == kLower && turn_ == 0; }
+
+  // ---- seals -----------------------------------------------------------------
+  // An empty stack starts from the states (2^32, 2^32), whose low 32 bits
+  // end up in the serialised states carrying nothing. seal(v) starts it from
+  // (2^32 + low half of v, 2^32 + high half of v) instead: decoding a stream
+  // to its end returns the stack to its starting states, so seal_value()
+  // then gives v back. The codec seals each lane with a hash of the lane's
+  // items and compares after decoding: a 64-bit check that costs no bytes.
+  // seal() requires an empty stack (else InvalidArgument); seal(0) is no-op.
+  void seal(uint64_t value);
+  // True, with the value, when no word is left, the turn is 0 and both
+  // states are below 2^33 (where a completely decoded stream must be).
+  bool seal_value(uint64_t& value) const;
   Checkpoint checkpoint() const { return {{state_[0], state_[1]}, top_, turn_}; }
   void restore(const Checkpoint& c) {
     state_[0] = c.state[0];
@@ -85,14 +98,22 @@ class RansStack {
   }
 
   // ---- serialisation ---------------------------------------------------------
-  // Layout (little-endian): u8 version (=1), u8 turn, u64 state0, u64 state1,
-  // then the words bottom to top as u32. serialized_size() = 18 + 4 * words.
-  size_t serialized_size() const { return kHeaderBytes + 4 * top_; }
+  // Layout 2 (written; little-endian): u8 head = 0x80 | turn << 4 |
+  // (n0 - 5) << 2 | (n1 - 5), state0 in n0 bytes, state1 in n1 bytes (n0, n1
+  // in 5..8, the fewest bytes that hold the state), then the words bottom to
+  // top as u32. Layout 1 (read only): u8 1, u8 turn, u64 state0, u64 state1,
+  // then the words. Both: the header, then 4 bytes per word.
+  size_t serialized_size() const { return 1 + state_bytes(state_[0]) + state_bytes(state_[1]) + 4 * top_; }
   void serialize(uint8_t* out) const;
   // Throws StreamError on anything that is not a valid stack.
   static RansStack deserialize(const uint8_t* data, size_t size);
 
-  static constexpr size_t kHeaderBytes = 18;
+  static constexpr size_t kMaxHeaderBytes = 18;  // layout 1; layout 2 needs at most 17
+  // Bytes of a state in layout 2: 5..8 for a state in [2^32, 2^64).
+  static size_t state_bytes(uint64_t x) {
+    return 5 + static_cast<size_t>(x >= (uint64_t{1} << 40)) + static_cast<size_t>(x >= (uint64_t{1} << 48)) +
+           static_cast<size_t>(x >= (uint64_t{1} << 56));
+  }
 
  private:
   inline void emit(uint64_t& x) {

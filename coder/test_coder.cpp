@@ -202,9 +202,11 @@ static void test_hostile_streams() {
   for (int trial = 0; trial < 3000; ++trial) {
     std::vector<uint8_t> data(rng() % 64);
     for (auto& b : data) b = static_cast<uint8_t>(rng());
-    if (data.size() >= 2 && rng() % 2) {
-      data[0] = 1;
+    if (data.size() >= 2 && rng() % 3 == 0) {
+      data[0] = 1;  // layout 1
       data[1] = static_cast<uint8_t>(rng() % 2);
+    } else if (!data.empty() && rng() % 2) {
+      data[0] = static_cast<uint8_t>(0x80u | (data[0] & 0x1Fu));  // layout 2
     }
     try {
       LaneCoder c({{data.data(), data.size()}}, 1);
@@ -221,6 +223,50 @@ static void test_hostile_streams() {
   CHECK(clean == 3000);
 }
 
+static void test_seal_and_layout_2() {
+  std::mt19937_64 rng(21);
+  for (uint64_t seal : {uint64_t{0}, uint64_t{1}, ~uint64_t{0}, uint64_t{0x0123456789ABCDEF}}) {
+    RansStack s;
+    s.seal(seal);
+    uint64_t v = 0;
+    CHECK(s.seal_value(v) && v == seal);
+    std::vector<uint8_t> bits(3001), probs(3001);
+    for (auto& b : bits) b = static_cast<uint8_t>(rng() % 2);
+    for (auto& q : probs) q = static_cast<uint8_t>(1 + rng() % 255);
+    s.push_bits(bits.data(), probs.data(), bits.size());
+    CHECK(!s.seal_value(v));
+    std::vector<uint8_t> bytes(s.serialized_size());
+    s.serialize(bytes.data());
+    CHECK((bytes[0] & 0xE0u) == 0x80u);
+    RansStack d = RansStack::deserialize(bytes.data(), bytes.size());
+    std::vector<uint8_t> out(bits.size());
+    d.pop_bits(probs.data(), bits.size(), out.data());
+    CHECK(out == bits);
+    CHECK(d.seal_value(v) && v == seal);
+    CHECK(d.is_empty() == (seal == 0));
+    bool threw = false;  // a sealed stack cannot be sealed again
+    try {
+      d.seal(1);
+    } catch (const InvalidArgument&) {
+      threw = true;
+    }
+    CHECK(threw == (seal != 0));
+  }
+  // Layout 2 is canonical: a state stored in one byte more than it needs is refused.
+  RansStack e;
+  std::vector<uint8_t> b(e.serialized_size());
+  e.serialize(b.data());
+  CHECK(b.size() == 11 && b[0] == 0x80);
+  std::vector<uint8_t> padded = {0x81, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0};
+  bool refused = false;
+  try {
+    RansStack::deserialize(padded.data(), padded.size());
+  } catch (const StreamError&) {
+    refused = true;
+  }
+  CHECK(refused);
+}
+
 int main() {
   test_byte_division_exact();
   test_bulk_equals_single_symbol();
@@ -228,6 +274,7 @@ int main() {
   test_mixed_round_trip();
   test_bits_back_and_underflow();
   test_hostile_streams();
+  test_seal_and_layout_2();
   if (failures) {
     std::printf("coder core tests: %d failed\n", failures);
     return 1;

@@ -174,11 +174,53 @@ def test_pinned_bitstream() -> None:
     coder.push_latent([np.array([700], np.uint32)], [np.array([-300], np.int32)], 10)
     (stream,) = coder.to_bytes()
     assert stream.hex() == PINNED_STREAM
-    decoder = LaneCoder.from_bytes([stream])
-    assert decoder.pop_latent([np.array([-300], np.int32)], 10)[0].tolist() == [700]
+    for old_or_new in (PINNED_STREAM_LAYOUT_1, PINNED_STREAM):  # layout 1 is still read
+        decoder = LaneCoder.from_bytes([bytes.fromhex(old_or_new)])
+        assert decoder.to_bytes() == [stream]
+        assert decoder.pop_latent([np.array([-300], np.int32)], 10)[0].tolist() == [700]
 
 
-PINNED_STREAM = "010142f0dfbf28400000854de17a14000000"
+# Layout 2: head 0x94 (turn 1, state0 in 6 bytes, state1 in 5), the states, no words.
+PINNED_STREAM = "9442f0dfbf2840854de17a14"
+PINNED_STREAM_LAYOUT_1 = "010142f0dfbf28400000854de17a14000000"
+
+
+def test_stack_layout_2_is_canonical() -> None:
+    """Each state in the fewest bytes: a padded state or a reserved head bit is refused."""
+    good = bytes.fromhex(PINNED_STREAM)
+    padded = bytes([good[0] + 1]) + good[1:] + b"\x00"  # state1 (last, no words) in 6 bytes, top byte 0
+    for bad in (padded, bytes([good[0] | 0x20]) + good[1:], bytes([good[0] | 0x40]) + good[1:], good[:-1],
+                good + b"\x00", b""):
+        with pytest.raises(StreamError):
+            LaneCoder.from_bytes([bad])
+
+
+@pytest.mark.parametrize("value", [0, 1, 0xFFFFFFFF, 1 << 32, 2**64 - 1, 0x0123456789ABCDEF])
+def test_a_sealed_lane_decodes_back_to_its_seal(value: int) -> None:
+    rng = np.random.default_rng(value % 1000)
+    bits = rng.integers(0, 2, 500).astype(np.uint8)
+    probs = rng.integers(1, 256, 500).astype(np.uint8)
+    coder = LaneCoder(2)
+    coder.seal(np.array([value, 5], np.uint64))
+    values, ok = coder.seal_values()
+    assert ok.all() and values.tolist() == [value, 5]
+    coder.push_binary([bits, bits[:7]], [probs, probs[:7]])
+    decoder = LaneCoder.from_bytes(coder.to_bytes())
+    assert not decoder.seal_values()[1].any()  # words left: not decoded to the end
+    out = decoder.pop_binary([probs, probs[:7]])
+    assert np.array_equal(out[0], bits) and np.array_equal(out[1], bits[:7])
+    values, ok = decoder.seal_values()
+    assert ok.all() and values.tolist() == [value, 5]
+    assert decoder.is_empty().tolist() == [value == 0, False]
+
+
+def test_seal_needs_empty_lanes() -> None:
+    coder = LaneCoder(1)
+    coder.push_uniform([np.array([3], np.uint32)], 2)
+    with pytest.raises(ValueError, match="empty"):
+        coder.seal(np.array([1], np.uint64))
+    with pytest.raises(ValueError, match="values has 2 elements"):
+        LaneCoder(1).seal(np.array([1, 2], np.uint64))
 
 
 def _mutations(rng: np.random.Generator, valid: bytes) -> bytes:
