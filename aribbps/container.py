@@ -222,9 +222,9 @@ def _coded_str(value: str, table: tuple[str, ...]) -> bytes:
 def _name_field(r: ImageRecord) -> bytes:
     """varint (byte length << 1 | implied extension), then the name, less its
     extension where that is the format's usual one (``a.png`` with PNG: ``a``)."""
-    ext = "." + FORMAT_EXTENSIONS.get(r.fmt, "\0")
-    implied = r.name.endswith(ext) and len(r.name) > len(ext)
-    raw = (r.name[:-len(ext)] if implied else r.name).encode("utf-8")
+    suffix = "." + FORMAT_EXTENSIONS[r.fmt] if r.fmt in FORMAT_EXTENSIONS else ""
+    implied = bool(suffix) and r.name.endswith(suffix) and len(r.name) > len(suffix)
+    raw = (r.name[:-len(suffix)] if implied else r.name).encode("utf-8")
     return _varint(len(raw) << 1 | implied) + raw
 
 

@@ -10,6 +10,7 @@ from aribbps import api, zoo
 from aribbps.baselines import available_codecs, measure
 from aribbps.cli import EXIT_OK, main
 from aribbps.container import decode_archive
+from aribbps.errors import ChecksumError
 from aribbps.imageio import load_image
 from aribbps.weights import load_model
 
@@ -54,3 +55,23 @@ def test_the_cli_uses_the_default_model_without_model(tmp_path: Path) -> None:
     assert main(["decompress", str(arib), "-o", str(tmp_path / "out"), "-q"]) == EXIT_OK
     (restored,) = (tmp_path / "out").iterdir()
     np.testing.assert_array_equal(load_image(restored).pixels, load_image(source).pixels)
+
+
+@pytest.mark.parametrize("name, sources", [
+    ("v2_single.arib", ["ColdRipple_planks_64.png"]),
+    ("v2_dataset.arib", ["FreshFlower_edge_64.png", "Blinds_veins_64.png"]),
+])
+def test_version_2_files_of_the_default_model_still_decode(default_model: zoo.LoadedModel, name: str,
+                                                          sources: list[str]) -> None:
+    """Files written by the version-2 codec (unsealed lanes, stack layout 1, per-image checksums),
+    kept in tests/data, decode to the samples; a flipped pixel checksum is still caught."""
+    archive = decode_archive((Path(__file__).parent / "data" / name).read_bytes())
+    assert not archive.sealed_lanes and all(r.checksum is not None for r in archive.images)
+    assert all(stream[0] == 1 for stream in archive.lane_streams)  # stack layout 1
+    decoded = api.decode_archive_images(archive, default_model)
+    assert [d.record.name for d in decoded] == sources
+    for got, source in zip(decoded, sources):
+        np.testing.assert_array_equal(got.pixels, load_image(SAMPLES / source).pixels)
+    archive.images[0].checksum = bytes(8)
+    with pytest.raises(ChecksumError, match="checksum mismatch"):
+        api.decode_archive_images(archive, default_model)
