@@ -45,9 +45,10 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_layout_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--lanes", type=int, default=api.DEFAULT_LANES, metavar="L",
+    p.add_argument("--lanes", type=int, default=None, metavar="L",
                    help=f"independent coder stacks coded in parallel; the network runs on L images at once "
-                        f"(default {api.DEFAULT_LANES})")
+                        f"(default: on CPU up to {api.AUTO_LANES}, fewer for large images so that L images hold "
+                        f"at most {api.CPU_ROUND_PIXELS} pixels; {api.CUDA_AUTO_LANES} on CUDA)")
     p.add_argument("--tile", type=int, default=api.DEFAULT_TILE, metavar="PX",
                    help=f"cut images into tiles of PX x PX pixels, coded independently, so memory stays bounded "
                         f"(0 = never tile; default {api.DEFAULT_TILE})")

@@ -25,7 +25,7 @@ def _row(name: str, nbytes: int, subpixels: int, seconds: float) -> str:
     return f"{name:28s} {nbytes:>10d} {nbytes * 8 / subpixels:>8.3f} {seconds:>9.2f}"
 
 
-def run(samples: Path, model_path: str | None, lanes: int) -> int:
+def run(samples: Path, model_path: str | None, lanes: int | None) -> int:
     paths = api.batch_inputs(samples)
     paths = [p for p in paths if p.suffix.lower() in (".png", ".bmp", ".tif", ".tiff", ".ppm", ".webp")]
     if not paths:
@@ -46,7 +46,7 @@ def run(samples: Path, model_path: str | None, lanes: int) -> int:
                 print(f"demo: {path.name} did not round-trip", file=sys.stderr)
                 return 1
     seconds = time.perf_counter() - start
-    lines.append(_row(f"aribbps dataset ({lanes} lanes)", len(result.data), subpixels, seconds))
+    lines.append(_row(f"aribbps dataset ({result.archive.lanes} lanes)", len(result.data), subpixels, seconds))
     single_bytes, start = 0, time.perf_counter()
     for image in originals:
         single_bytes += len(api.encode_images([image], model, lanes=1).data)
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=Path, default=DEFAULT_SAMPLES, help="folder of sample images")
     parser.add_argument("--model", default=None, help="model file (default: the shipped model)")
-    parser.add_argument("--lanes", type=int, default=8)
+    parser.add_argument("--lanes", type=int, default=None, help="default: automatic (aribbps.api.default_lanes)")
     args = parser.parse_args(argv)
     try:
         return run(args.samples, args.model, args.lanes)

@@ -18,7 +18,7 @@ import torch
 
 from aribbps.bitplanes import NUM_STEPS, step_view
 from aribbps.codec import teacher_forced_steps, theoretical_cost
-from aribbps.api import CONTEXT_MODE, DEFAULT_LANES, DEFAULT_TILE, CompressResult, decode_archive_images, encode_images
+from aribbps.api import CONTEXT_MODE, DEFAULT_TILE, CompressResult, decode_archive_images, encode_images
 from aribbps.container import decode_archive
 from aribbps.errors import AribError
 from aribbps.models.latent import logistic_log2_density
@@ -139,7 +139,7 @@ def theoretical_bits(images: Sequence[LoadedImage], model: LoadedModel, tile: in
     return bits
 
 
-def _round_trip(images: Sequence[LoadedImage], model: LoadedModel, lanes: int, tile: int, threads: int,
+def _round_trip(images: Sequence[LoadedImage], model: LoadedModel, lanes: int | None, tile: int, threads: int,
                 mode: str, lane_groups: int | None = None) -> tuple[CompressResult, float, int]:
     result = encode_images(images, model, lanes, tile, threads, mode=mode, lane_groups=lane_groups)
     start = time.perf_counter()
@@ -153,7 +153,7 @@ def _round_trip(images: Sequence[LoadedImage], model: LoadedModel, lanes: int, t
     return result, time.perf_counter() - start, failures
 
 
-def evaluate(images: Sequence[LoadedImage], model: LoadedModel, mode: str, lanes: int = DEFAULT_LANES,
+def evaluate(images: Sequence[LoadedImage], model: LoadedModel, mode: str, lanes: int | None = None,
              tile: int = DEFAULT_TILE, threads: int = 0, lane_groups: int | None = None) -> EvalReport:
     """Runs one of :data:`EVAL_MODES` over the images (``lane_groups``: see :mod:`aribbps.lane_groups`)."""
     if mode not in EVAL_MODES:

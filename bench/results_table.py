@@ -1,6 +1,6 @@
 """The README's results table: aribbps against classical lossless codecs.
 
-    python bench/results_table.py DIR [DIR ...] [--model PATH] [--limit N] [--lanes 16] [--json OUT]
+    python bench/results_table.py DIR [DIR ...] [--model PATH] [--limit N] [--lanes L] [--json OUT]
 
 For each folder of images: aribbps actual bpd in single-image mode (each
 image its own .arib file) and dataset mode (all images in one file), the
@@ -19,7 +19,7 @@ from aribbps.baselines import available_codecs, measure
 from aribbps.evaluate import evaluate
 
 
-def table_rows(directory: Path, model: zoo.LoadedModel, limit: int, lanes: int) -> dict:
+def table_rows(directory: Path, model: zoo.LoadedModel, limit: int, lanes: int | None) -> dict:
     paths = api.batch_inputs(directory)[: limit or None]
     images = api.load_images(paths)
     row: dict = {"set": directory.name, "images": len(images),
@@ -32,6 +32,8 @@ def table_rows(directory: Path, model: zoo.LoadedModel, limit: int, lanes: int) 
         row[f"aribbps_{mode}_encode_s_per_image"] = report.encode_seconds / len(images)
         row[f"aribbps_{mode}_decode_s_per_image"] = report.decode_seconds / len(images)
         row["aribbps_theoretical"] = report.theoretical_bpd
+    row["dataset_lanes"] = lanes or api.default_lanes([(3, i.pixels.shape[0], i.pixels.shape[1]) for i in images],
+                                                      model)
     for codec in available_codecs():
         row[codec.name] = measure(codec, [i.pixels for i in images]).bpd
     return row
@@ -42,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("dirs", nargs="+", type=Path)
     parser.add_argument("--model", default=None, help="model file (default: the shipped model)")
     parser.add_argument("--limit", type=int, default=0, help="first N images of each folder (0 = all)")
-    parser.add_argument("--lanes", type=int, default=16)
+    parser.add_argument("--lanes", type=int, default=None,
+                        help="dataset-mode lanes (default: automatic, aribbps.api.default_lanes)")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
     args = parser.parse_args(argv)
     model = zoo.load(args.model, "cpu")
@@ -56,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for row in rows:
         print(f"{row['set']}: encode {row['aribbps_dataset_encode_s_per_image']:.3f} s/image, decode "
-              f"{row['aribbps_dataset_decode_s_per_image']:.3f} s/image (dataset mode, CPU); single mode "
+              f"{row['aribbps_dataset_decode_s_per_image']:.3f} s/image (dataset mode, "
+              f"{row['dataset_lanes']} lanes, CPU); single mode "
               f"{row['aribbps_single_encode_s_per_image']:.3f} / {row['aribbps_single_decode_s_per_image']:.3f}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))

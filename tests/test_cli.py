@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from aribbps import api
@@ -167,6 +168,25 @@ def test_no_more_lanes_than_coded_items(tmp_path: Path, model_file: Path) -> Non
     assert main(["decompress", str(tmp_path / "b.arib"), "-o", str(tmp_path / "out"), "--model", str(model_file),
                  "-q"]) == EXIT_OK
     assert np.array_equal(_pixels(tmp_path / "out" / "big.png"), _pixels(big))
+
+
+def test_automatic_lanes_keep_a_cpu_round_within_its_pixel_budget(tmp_path: Path, model_file: Path) -> None:
+    from types import SimpleNamespace
+
+    from aribbps import zoo
+
+    cpu = SimpleNamespace(device=torch.device("cpu"), cfg=SimpleNamespace(pad_multiple=8))
+    assert api.default_lanes([(3, 32, 32)], cpu) == api.AUTO_LANES == 16
+    assert api.default_lanes([(3, 64, 64), (1, 8, 8)], cpu) == 16
+    assert api.default_lanes([(3, 32, 32), (3, 128, 128)], cpu) == 4  # the largest item decides
+    assert api.default_lanes([(3, 256, 256)], cpu) == api.default_lanes([(3, 300, 300)], cpu) == 1
+    assert api.default_lanes([(3, 121, 121)], cpu) == 4  # padded to 128x128
+    cuda = SimpleNamespace(device=torch.device("cuda"), cfg=cpu.cfg)
+    assert api.default_lanes([(3, 256, 256)], cuda) == api.CUDA_AUTO_LANES
+    model = zoo.load(model_file)
+    files = [_save(tmp_path / f"{i}.png", _rng(i).integers(0, 256, (8, 8, 3), dtype=np.uint8)) for i in range(20)]
+    assert api.compress(files, tmp_path / "auto.arib", model).archive.lanes == 16
+    assert api.compress(files, tmp_path / "four.arib", model, lanes=4).archive.lanes == 4
 
 
 def _compressed(tmp_path: Path, model_file: Path) -> Path:
