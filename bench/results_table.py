@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows:
         print(f"{row['set']}: encode {row['aribbps_dataset_encode_s_per_image']:.3f} s/image, decode "
               f"{row['aribbps_dataset_decode_s_per_image']:.3f} s/image (dataset mode, "
-              f"{row['dataset_lanes']} lanes, CPU); single mode "
+              f"{row['dataset_lanes']} lane{'s' if row['dataset_lanes'] > 1 else ''}, CPU); single mode "
               f"{row['aribbps_single_encode_s_per_image']:.3f} / {row['aribbps_single_decode_s_per_image']:.3f}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
