@@ -73,8 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--mode", choices=("context", "single", "dataset"), default=None,
                    help="coding mode: 'single' (ArIB, each image's latents paid by its own low planes), "
                         "'dataset' (ArIB, images chained per lane: cheapest for many images), 'context' (models "
-                        "without latent model). Default: single for one image, dataset for several, context "
-                        "when the model has no latent model")
+                        "without latent model). Default: single for one image of one tile, dataset for several "
+                        "images or tiles (the tiles of one image then chain), context when the model has no "
+                        "latent model")
     _add_layout_options(c)
     _add_model_options(c)
 
@@ -94,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="measure compression of a folder of images",
                        description="The paper code's test modes over the images directly inside DIR: "
                                    "inference = theoretical bpd (no coding); single = each image in its own "
-                                   "file: actual bpd, times, decode failures; dataset = all images in one file "
+                                   "file, as compress codes one image: actual bpd, times, decode failures; dataset = all images in one file "
                                    "over lanes; speed = images per second (dataset layout).")
     e.add_argument("data_dir", metavar="DIR")
     e.add_argument("--mode", choices=("inference", "single", "dataset", "speed"), default="dataset",

@@ -2,8 +2,9 @@
 
 * ``inference``: theoretical bpd (cross-entropy with unquantised
   probabilities), no coding;
-* ``single``: every image in its own ``.arib`` (in memory), actual bpd,
-  encode/decode time, decode failures;
+* ``single``: every image in its own ``.arib`` (in memory), coded as
+  ``compress`` codes one image: single mode, or dataset mode over its tiles
+  when it is cut into several; actual bpd, encode/decode time, decode failures;
 * ``dataset``: all images in one ``.arib`` over lanes;
 * ``speed``: images per second for encode and decode (dataset layout).
 """
@@ -140,7 +141,7 @@ def theoretical_bits(images: Sequence[LoadedImage], model: LoadedModel, tile: in
 
 
 def _round_trip(images: Sequence[LoadedImage], model: LoadedModel, lanes: int | None, tile: int, threads: int,
-                mode: str, lane_groups: int | None = None) -> tuple[CompressResult, float, int]:
+                mode: str | None, lane_groups: int | None = None) -> tuple[CompressResult, float, int]:
     result = encode_images(images, model, lanes, tile, threads, mode=mode, lane_groups=lane_groups)
     start = time.perf_counter()
     failures = 0
@@ -170,9 +171,9 @@ def evaluate(images: Sequence[LoadedImage], model: LoadedModel, mode: str, lanes
                           plane_step_bits=elbo.bits_per_bit())
     coding = ("single" if mode == "single" else "dataset") if has_latent else CONTEXT_MODE
     results = []
-    if mode == "single":
+    if mode == "single":  # each image as `compress` codes it alone (its tiles, if several, chained)
         for image in images:
-            results.append(_round_trip([image], model, 1, tile, threads, coding))
+            results.append(_round_trip([image], model, None, tile, threads, None if has_latent else coding))
     else:
         results.append(_round_trip(images, model, lanes, tile, threads, coding, lane_groups))
     plane = sum(r.quantised_bits for r, _, _ in results)

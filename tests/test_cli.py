@@ -88,6 +88,27 @@ def test_tiled_large_image_round_trip(tmp_path: Path, model_file: Path) -> None:
     np.testing.assert_array_equal(_pixels(tmp_path / "out" / "big.png"), big)
 
 
+def test_one_image_of_several_tiles_chains_them(tmp_path: Path, trained_model_file: Path) -> None:
+    """Default mode: single for one tile; an image cut into tiles is coded in dataset mode, so that
+    its later tiles' latents ride on the bits of the earlier ones (the real model's gain is in
+    docs/default_model.md: the tiny test model's latents are too small to show one)."""
+    from aribbps import zoo
+
+    model = zoo.load(trained_model_file)
+    y, x = np.mgrid[0:32, 0:32]
+    smooth = np.clip(np.stack([x * 3 + y, x + y * 2, 200 - x - y], -1) + _rng(2).normal(0, 2, (32, 32, 3)), 0, 255)
+    path = _save(tmp_path / "smooth.png", smooth.astype(np.uint8))
+    whole = api.compress([path], tmp_path / "whole.arib", model, tile=32)
+    chained = api.compress([path], tmp_path / "chained.arib", model, tile=8)
+    alone = api.compress([path], tmp_path / "alone.arib", model, tile=8, mode="single")
+    assert (whole.archive.mode, chained.archive.mode, alone.archive.mode) == ("single", "dataset", "single")
+    assert chained.archive.lanes == 2  # 16 tiles, at least 8 per lane
+    for name in ("whole", "chained", "alone"):
+        assert main(["decompress", str(tmp_path / f"{name}.arib"), "-o", str(tmp_path / name),
+                     "--model", str(trained_model_file), "-q"]) == EXIT_OK
+        np.testing.assert_array_equal(_pixels(tmp_path / name / "smooth.png"), smooth.astype(np.uint8))
+
+
 def test_batch_of_200_files(tmp_path: Path, model_file: Path) -> None:
     src = tmp_path / "batch"
     src.mkdir()
@@ -176,16 +197,20 @@ def test_automatic_lanes_keep_a_cpu_round_within_its_pixel_budget(tmp_path: Path
     from aribbps import zoo
 
     cpu = SimpleNamespace(device=torch.device("cpu"), cfg=SimpleNamespace(pad_multiple=8))
-    assert api.default_lanes([(3, 32, 32)], cpu) == api.AUTO_LANES == 16
-    assert api.default_lanes([(3, 64, 64), (1, 8, 8)], cpu) == 16
-    assert api.default_lanes([(3, 32, 32), (3, 128, 128)], cpu) == 4  # the largest item decides
-    assert api.default_lanes([(3, 256, 256)], cpu) == api.default_lanes([(3, 300, 300)], cpu) == 1
-    assert api.default_lanes([(3, 121, 121)], cpu) == 4  # padded to 128x128
+    many = 1000  # enough items that the items-per-lane rule does not bind
+    assert api.default_lanes([(3, 32, 32)] * many, cpu) == api.AUTO_LANES == 16
+    assert api.default_lanes([(3, 64, 64)] * many + [(1, 8, 8)], cpu) == 16
+    assert api.default_lanes([(3, 32, 32)] * many + [(3, 128, 128)], cpu) == 4  # the largest item decides
+    assert api.default_lanes([(3, 256, 256)] * many, cpu) == api.default_lanes([(3, 300, 300)] * many, cpu) == 1
+    assert api.default_lanes([(3, 121, 121)] * many, cpu) == 4  # padded to 128x128
+    # At least MIN_ITEMS_PER_LANE items per lane, so that most items' latents ride on a chain.
+    assert [api.default_lanes([(3, 32, 32)] * n, cpu) for n in (1, 15, 16, 40, 200)] == [1, 1, 2, 5, 16]
     cuda = SimpleNamespace(device=torch.device("cuda"), cfg=cpu.cfg)
-    assert api.default_lanes([(3, 256, 256)], cuda) == api.CUDA_AUTO_LANES
+    assert api.default_lanes([(3, 256, 256)] * many, cuda) == api.CUDA_AUTO_LANES
+    assert api.default_lanes([(3, 256, 256)] * 20, cuda) == 2
     model = zoo.load(model_file)
     files = [_save(tmp_path / f"{i}.png", _rng(i).integers(0, 256, (8, 8, 3), dtype=np.uint8)) for i in range(20)]
-    assert api.compress(files, tmp_path / "auto.arib", model).archive.lanes == 16
+    assert api.compress(files, tmp_path / "auto.arib", model).archive.lanes == 2
     assert api.compress(files, tmp_path / "four.arib", model, lanes=4).archive.lanes == 4
 
 
