@@ -53,6 +53,8 @@ class EvalReport:
     encode_seconds: float | None = None
     decode_seconds: float | None = None
     decode_failures: int | None = None
+    #: the archive's lane count (dataset and speed modes; single mode: None, one file per image)
+    lanes: int | None = None
     #: inference only: [plane 1..8][step 1..4] bits per coded bit (1 = no
     #: compression) of the bits at that step's positions.
     plane_step_bits: list[list[float]] | None = None
@@ -188,4 +190,5 @@ def evaluate(images: Sequence[LoadedImage], model: LoadedModel, mode: str, lanes
         auxiliary_bpd=sum(r.auxiliary_bits for r, _, _ in results) / subpixels,
         encode_seconds=sum(r.seconds for r, _, _ in results),
         decode_seconds=sum(d for _, d, _ in results),
-        decode_failures=sum(f for _, _, f in results))
+        decode_failures=sum(f for _, _, f in results),
+        lanes=None if mode == "single" else results[0][0].archive.lanes)

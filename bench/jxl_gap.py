@@ -1,6 +1,6 @@
 """Where the model loses to JPEG-XL: per image, and split by how smooth the image is.
 
-    python bench/jxl_gap.py DIR [--model PATH] [--limit N] [--step K] [--buckets 1.5 2.5]
+    python bench/jxl_gap.py DIR [--model PATH] [--limit N] [--step K] [--tile PX] [--buckets 1.5 2.5]
 
 For each image (every K-th of the first N): the model's theoretical bpd
 (one latent sample, unquantised probabilities, as ``aribbps eval --mode
@@ -40,14 +40,15 @@ class ImageGap:
         return self.model_bits / self.jxl_bits
 
 
-def measure_gaps(directory: Path, model: zoo.LoadedModel, limit: int, step: int) -> list[ImageGap]:
+def measure_gaps(directory: Path, model: zoo.LoadedModel, limit: int, step: int,
+                 tile: int = api.DEFAULT_TILE) -> list[ImageGap]:
     codecs = {c.name: c for c in available_codecs()}
     if JPEG_XL not in codecs:
         raise SystemExit("this imagecodecs build has no JPEG-XL encoder")
     gaps = []
     for path in api.batch_inputs(directory)[: limit or None][::step]:
         image = api.load_images([path])[0]
-        bits = theoretical_bits([image], model)
+        bits = theoretical_bits([image], model, tile)
         jxl = measure(codecs[JPEG_XL], [image.pixels])
         gaps.append(ImageGap(path.name, jxl.subpixels, bits.total, jxl.bytes * 8.0,
                              float(bits.step_bits[:, 0].sum()), bits.planes))
@@ -76,10 +77,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=None, help="model file (default: the shipped model)")
     parser.add_argument("--limit", type=int, default=0, help="first N images (0 = all)")
     parser.add_argument("--step", type=int, default=1, help="every K-th image")
+    parser.add_argument("--tile", type=int, default=api.DEFAULT_TILE,
+                        help=f"tile side as the codec would cut the images (0 = whole; default {api.DEFAULT_TILE})")
     parser.add_argument("--buckets", type=float, nargs="*", default=[1.5, 2.5],
                         help="JPEG-XL bpd bucket edges for the summary")
     args = parser.parse_args(argv)
-    gaps = measure_gaps(args.dir, zoo.load(args.model, "cpu"), args.limit, max(1, args.step))
+    gaps = measure_gaps(args.dir, zoo.load(args.model, "cpu"), args.limit, max(1, args.step), args.tile)
     print("| image | model bpd | JPEG-XL bpd | ratio | step-1 share of plane bits |")
     print("|---|---|---|---|---|")
     for g in sorted(gaps, key=lambda g: g.ratio, reverse=True):

@@ -32,8 +32,8 @@ def table_rows(directory: Path, model: zoo.LoadedModel, limit: int, lanes: int |
         row[f"aribbps_{mode}_encode_s_per_image"] = report.encode_seconds / len(images)
         row[f"aribbps_{mode}_decode_s_per_image"] = report.decode_seconds / len(images)
         row["aribbps_theoretical"] = report.theoretical_bpd
-    row["dataset_lanes"] = lanes or api.default_lanes([(3, i.pixels.shape[0], i.pixels.shape[1]) for i in images],
-                                                      model)
+        if report.lanes is not None:
+            row["dataset_lanes"] = report.lanes
     for codec in available_codecs():
         row[codec.name] = measure(codec, [i.pixels for i in images]).bpd
     return row
