@@ -163,8 +163,9 @@ def encode_images(images: Sequence[LoadedImage], model: LoadedModel, lanes: int 
     """Codes images in memory; returns the archive, its bytes and the figures.
 
     ``mode``: "context", "single" or "dataset" (see :data:`CODING_MODES`);
-    None picks :func:`default_mode`. ``lanes``: None picks :func:`default_lanes`. ``lane_groups``: codecs run concurrently
-    (:mod:`aribbps.lane_groups`); None picks its default for the device.
+    None picks :func:`default_mode`. ``lanes``: None picks :func:`default_lanes`.
+    ``lane_groups``: codecs run concurrently (:mod:`aribbps.lane_groups`);
+    None picks its default for the device.
     """
     if not images:
         raise AribError("no images to compress")
@@ -223,8 +224,8 @@ def _encode_items(items: Sequence[np.ndarray], model: LoadedModel, mode: str, la
         raise AribError(f"lane groups must be at least 1, got {requested}")
     groups = plan_groups(len(items), lanes, requested)
     codecs = [_codec(model, mode, g.lanes, coder_threads(threads, groups)) for g in groups]
-    parts = run_groups(lambda i, g, report: codecs[i].encode([items[j] for j in g.items], report, ids=g.items), groups,
-                       model.device, progress)
+    parts = run_groups(lambda i, g, report: codecs[i].encode([items[j] for j in g.items], report, ids=g.items),
+                       groups, model.device, progress)
     streams = [stream for part_streams, _ in parts for stream in part_streams]
     stats = merge_stats([part_stats for _, part_stats in parts], groups, len(items))
     return streams, stats, codecs[0].kernel_path, len(groups)

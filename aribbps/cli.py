@@ -82,8 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("decompress", help="restore the images of an .arib file",
                        description="Decode an .arib file into a folder with the original file names; lossless "
                                    "formats are kept, lossy originals (JPEG) are written as PNG. Every image is "
-                                   "verified (lane seals; per-image checksums in version 1-2 files); nothing is written "
-                                   "unless all verify.")
+                                   "verified (lane seals; per-image checksums in version 1-2 files); nothing "
+                                   "is written unless all verify.")
     d.add_argument("input", metavar="IN.arib")
     d.add_argument("-o", "--output", metavar="DIR", required=True, help="output folder (created if needed)")
     _add_model_options(d)
@@ -95,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="measure compression of a folder of images",
                        description="The paper code's test modes over the images directly inside DIR: "
                                    "inference = theoretical bpd (no coding); single = each image in its own "
-                                   "file, as compress codes one image: actual bpd, times, decode failures; dataset = all images in one file "
+                                   "file, as compress codes one image: actual bpd, times, decode failures; "
+                                   "dataset = all images in one file "
                                    "over lanes; speed = images per second (dataset layout).")
     e.add_argument("data_dir", metavar="DIR")
     e.add_argument("--mode", choices=("inference", "single", "dataset", "speed"), default="dataset",

@@ -429,7 +429,8 @@ def _decode_meta(meta: bytes, n_images: int, checksums: memoryview | None, flags
         fields["extra"] = read_dict(r, "archive extra")
         name_parts = [_read_name_part(r, i) for i in range(n_images)]
         fmts = [_read_coded_str(r, IMAGE_FORMATS, f"image {i} format") for i in range(n_images)]
-        names = [_full_name(stored, implied, fmt, i) for i, ((stored, implied), fmt) in enumerate(zip(name_parts, fmts))]
+        names = [_full_name(stored, implied, fmt, i)
+                 for i, ((stored, implied), fmt) in enumerate(zip(name_parts, fmts))]
     modes = [_read_code(r, IMAGE_MODES, f"image {i} mode") for i in range(n_images)]
     widths = [r.varint() for _ in range(n_images)]
     heights = [r.varint() for _ in range(n_images)]

@@ -355,7 +355,10 @@ def test_deeply_nested_extras_are_refused() -> None:
     nested = b"\x01\x00\x01k" + b"\x03\x01" * 100 + b"\x07"  # {"k": [[[...null...]]]}
     expect_archive_error(forge(meta=meta_v3([], extra=nested)), "nests deeper than 16 levels")
     with pytest.raises(ValueError, match="nests deeper"):
-        encode_archive(Archive("tiny", HASH_A, "single", 1, 0, "cpu", "torch", [], [b""], {"k": [[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]}))
+        deep_list: Any = 1
+        for _ in range(17):
+            deep_list = [deep_list]
+        encode_archive(Archive("tiny", HASH_A, "single", 1, 0, "cpu", "torch", [], [b""], {"k": deep_list}))
 
 
 def test_invalid_utf8_name_and_bad_codec_and_flags() -> None:
