@@ -9,7 +9,9 @@ the model's ``pad_multiple``). Padding is never coded: the coder skips
 invalid positions.
 
 Decoder order inside a lane: round 0 first; in a round plane 1..8, in a plane
-steps 1..4, in a step the step's valid positions in row-major order, R, G, B.
+its coding stages (:func:`coding_stages`: steps 1..4, or with a
+``split_first_step`` model 1a, 1b, 2, 3, 4), in a stage its valid positions
+in row-major order, R, G, B.
 The encoder pushes the exact reverse. Both sides run the networks on the same
 batches built from the same integers (DESIGN 2.3):
 
@@ -34,6 +36,7 @@ from aribbps.bitplanes import NUM_STEPS, known_before, plane_bits, step_position
 from aribbps.coder import LaneCoder
 from aribbps.lane_seal import check_lane_seals, lane_seals
 from aribbps.models.bitplane_net import BitPlaneNet
+from aribbps.models.first_step_refine import first_half_mask
 from aribbps.overlap import default_overlap, prefetched
 from aribbps.probability import P_MAX, P_MIN, coupled_probs
 from kernels import dispatch
@@ -50,6 +53,30 @@ class PlaneNets:
 
     def net_for(self, k: int) -> BitPlaneNet:
         return self.sig if k in self.sig.planes else self.ins
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One coding pass over a plane: lattice step ``s``, whole (``half`` 0),
+    or with a ``split_first_step`` model the checkerboard halves of step 1:
+    ``half`` 1 (1a, the step-1 logits) and 2 (1b, refined by 1a's bits)."""
+
+    s: int
+    half: int = 0
+
+    def valid(self, valid: Tensor) -> Tensor:
+        """(B, 1, H, W) bool validity -> (B, 1, H/2, W/2): the positions this stage codes."""
+        v = step_view(valid, self.s)
+        if self.half == 0:
+            return v
+        first = first_half_mask(v.shape[-2], v.shape[-1], v.device)
+        return v & (first if self.half == 1 else ~first)
+
+
+def coding_stages(split_first_step: bool) -> tuple[Stage, ...]:
+    """The stages of a plane in decoding order."""
+    whole = tuple(Stage(s) for s in range(1, NUM_STEPS + 1))
+    return (Stage(1, 1), Stage(1, 2)) + whole[1:] if split_first_step else whole
 
 
 @dataclass
@@ -81,6 +108,14 @@ class _Round:
 
     def rgb_lanes(self) -> np.ndarray:
         return np.array([c == 3 for c, _, _ in self.shapes])
+
+    def stage_mask(self, stage: Stage) -> np.ndarray:
+        """(n, H/2*W/2) bool: the valid positions ``stage`` codes, quarter grid row-major."""
+        mask = self.step_masks[stage.s - 1]
+        if stage.half == 0:
+            return mask
+        first = first_half_mask(self.height // 2, self.width // 2).numpy().reshape(1, -1)
+        return mask & (first if stage.half == 1 else ~first)
 
 
 def plan_rounds(shapes: Sequence[ItemShape], lanes: int, multiple: int, device: torch.device) -> Iterator[_Round]:
@@ -146,9 +181,9 @@ def _replicate_pad(x: Tensor, shapes: Sequence[ItemShape]) -> Tensor:
 
 @dataclass
 class StepCodes:
-    """What one (plane, step) of a round hands the coder."""
+    """What one (plane, stage) of a round hands the coder."""
 
-    s: int
+    stage: Stage
     probs7: np.ndarray  # (n, H/2*W/2, 7) uint8
     bits: np.ndarray  # (n, 3, H/2, W/2) uint8
 
@@ -234,27 +269,29 @@ class PlaneCodec:
         valid_host = rnd.valid.cpu().to(torch.uint8)
         theoretical = torch.zeros(rnd.size, dtype=torch.float64, device=self.device)
         codes = []
-        for k, s, probs7, logits, bits in teacher_forced_steps(self.nets, x, rnd.valid, latent, planes,
-                                                               self.kernel_path):
-            probs7 = dispatch.to_host(probs7)  # the one device-to-host copy of this step
-            theoretical += theoretical_cost(logits, step_view(bits, s), step_view(rnd.valid, s), rgb).double()
+        for k, stage, probs7, logits, bits in teacher_forced_steps(self.nets, x, rnd.valid, latent, planes,
+                                                                   self.kernel_path):
+            probs7 = dispatch.to_host(probs7)  # the one device-to-host copy of this stage
+            s = stage.s
+            theoretical += theoretical_cost(logits, step_view(bits, s), stage.valid(rnd.valid), rgb).double()
             host_bits = plane_bits(x_host, k) * valid_host
-            codes.append(StepCodes(s, probs7, step_view(host_bits, s).numpy()))
+            codes.append(StepCodes(stage, probs7, step_view(host_bits, s).numpy()))
         stats.theoretical_bits[rnd.items] += theoretical.cpu().numpy()  # once per round
         return codes
 
     def push_codes(self, coder: LaneCoder, rnd: _Round, codes: Sequence[StepCodes], stats: CodingStats | None) -> None:
         """Pushes ``codes`` in reverse order, so that the decoder pops them in order."""
         for code in reversed(codes):
-            cost = self._push(coder, rnd, code.s, code.probs7, code.bits)
+            cost = self._push(coder, rnd, code.stage, code.probs7, code.bits)
             if stats is not None:
                 stats.quantised_bits[rnd.items] += cost
 
-    def _push(self, coder: LaneCoder, rnd: _Round, s: int, probs7: np.ndarray, step_bits: np.ndarray) -> np.ndarray:
-        """Pushes one step of every lane; returns the ideal quantised cost per item."""
+    def _push(self, coder: LaneCoder, rnd: _Round, stage: Stage, probs7: np.ndarray,
+              step_bits: np.ndarray) -> np.ndarray:
+        """Pushes one stage of every lane; returns the ideal quantised cost per item."""
         n = rnd.size
         bits = step_bits.reshape(n, 3, -1).transpose(0, 2, 1)  # (n, Q, 3)
-        mask = rnd.step_masks[s - 1]
+        mask = rnd.stage_mask(stage)
         rgb = rnd.rgb_lanes()
         lane_bits = [bits[j][mask[j]] for j in range(n)]
         lane_probs = [probs7[j][mask[j]] for j in range(n)]
@@ -336,19 +373,22 @@ class PlaneCodec:
             context = net.plane_context(known, k, valid)
             bits = torch.zeros_like(x)
             lat = latent if net.cfg.latent_channels > 0 else None
-            for s in range(1, NUM_STEPS + 1):
-                probs7 = dispatch.to_host(dispatch.step_probs7(net, k, s, context, bits, valid, lat,
-                                                               path=self.kernel_path))
-                step_bits = self._pop(coder, rnd, s, probs7, rgb)
-                pr, pc = step_positions(s)
-                bits[:, :, pr::2, pc::2] = torch.from_numpy(step_bits).to(self.device)
+            first_logits: Tensor | None = None
+            for stage in coding_stages(net.refine is not None):
+                probs7, logits = stage_probs7(net, k, stage, context, bits, valid, lat, first_logits,
+                                              self.kernel_path)
+                if stage.half == 1:
+                    first_logits = logits
+                step_bits = self._pop(coder, rnd, stage, dispatch.to_host(probs7), rgb)
+                pr, pc = step_positions(stage.s)
+                bits[:, :, pr::2, pc::2] |= torch.from_numpy(step_bits).to(self.device)
             x |= bits << (8 - k)
 
-    def _pop(self, coder: LaneCoder, rnd: _Round, s: int, probs7: np.ndarray, rgb: np.ndarray) -> np.ndarray:
-        """Pops one step of every lane; returns (n, 3, H/2, W/2) bits (0 at invalid)."""
+    def _pop(self, coder: LaneCoder, rnd: _Round, stage: Stage, probs7: np.ndarray, rgb: np.ndarray) -> np.ndarray:
+        """Pops one stage of every lane; returns (n, 3, H/2, W/2) bits (0 where the stage codes none)."""
         n = rnd.size
         h2, w2 = rnd.height // 2, rnd.width // 2
-        mask = rnd.step_masks[s - 1]
+        mask = rnd.stage_mask(stage)
         lane_probs = [probs7[j][mask[j]] for j in range(n)]
         empty7 = np.zeros((0, 7), np.uint8)
         pad = self.lanes - n
@@ -365,16 +405,38 @@ class PlaneCodec:
         return flat.transpose(0, 2, 1).reshape(n, 3, h2, w2)
 
 
+def stage_probs7(net: BitPlaneNet, k: int, stage: Stage, context: Tensor, bits: Tensor, valid: Tensor,
+                 latent: Tensor | None, first_logits: Tensor | None, kernel_path: str) -> tuple[Tensor, Tensor]:
+    """The coder's probabilities and the logits of one (plane, stage).
+
+    ``bits`` holds the plane's bits known before the stage (zeros elsewhere;
+    step 1b reads only the 1a positions). Stage 1b refines ``first_logits``,
+    the logits of stage 1a, in torch on either kernel path.
+
+    Returns:
+        probs7 (n, Q, 7) uint8 on the device, logits (n, 6, H/2, W/2).
+    """
+    if stage.half == 2:
+        if first_logits is None:
+            raise ValueError("stage 1b needs the logits of stage 1a")
+        logits = net.refined_logits(k, context, first_logits, bits, valid, latent)
+        return dispatch.quantise_probs7(logits), logits
+    probs7, logits = dispatch.step_probs7(net, k, stage.s, context, bits, valid, latent,
+                                          path=kernel_path, return_logits=True)
+    return probs7, logits
+
+
 def teacher_forced_steps(nets: PlaneNets, x: Tensor, valid: Tensor, latent: Tensor | None = None,
                          planes: Iterable[int] = range(1, 9), kernel_path: str = "torch"
-                         ) -> Iterator[tuple[int, int, Tensor, Tensor, Tensor]]:
-    """The coder input of every (plane, step) of padded images ``x``, from the true bits.
+                         ) -> Iterator[tuple[int, Stage, Tensor, Tensor, Tensor]]:
+    """The coder input of every (plane, stage) of padded images ``x``, from the true bits.
 
     Exactly the network calls the decoder makes (same inputs, same shapes,
-    same kernel path): known image before plane k, bits of steps < s at valid
-    positions, and ``latent`` features for the networks that take them.
-    Yields ``(k, s, probs7, logits, plane_bits)``: probs7 (n, Q, 7) uint8 on
-    the device, logits (n, 6, H/2, W/2).
+    same kernel path): known image before plane k, bits of the stages before
+    at valid positions, and ``latent`` features for the networks that take them.
+    Yields ``(k, stage, probs7, logits, plane_bits)``: probs7 (n, Q, 7) uint8
+    on the device, logits (n, 6, H/2, W/2); ``stage.valid(valid)`` says
+    which positions the stage codes.
     """
     valid_u8 = valid.to(torch.uint8)
     height, width = x.shape[-2:]
@@ -383,11 +445,17 @@ def teacher_forced_steps(nets: PlaneNets, x: Tensor, valid: Tensor, latent: Tens
         context = net.plane_context(known_before(x, k), k, valid)
         bits = plane_bits(x, k) * valid_u8
         lat = latent if net.cfg.latent_channels > 0 else None
-        for s in range(1, NUM_STEPS + 1):
-            before = steps_before_mask(s, height, width, x.device).to(torch.uint8)
-            probs7, logits = dispatch.step_probs7(net, k, s, context, bits * before, valid, lat,
-                                                  path=kernel_path, return_logits=True)
-            yield k, s, probs7, logits, bits
+        first_logits: Tensor | None = None
+        for stage in coding_stages(net.refine is not None):
+            if stage.half == 2:
+                known = bits.clone()  # the 1a bits only
+                step_view(known, 1).mul_(first_half_mask(height // 2, width // 2, x.device).to(torch.uint8))
+            else:
+                known = bits * steps_before_mask(stage.s, height, width, x.device).to(torch.uint8)
+            probs7, logits = stage_probs7(net, k, stage, context, known, valid, lat, first_logits, kernel_path)
+            if stage.half == 1:
+                first_logits = logits
+            yield k, stage, probs7, logits, bits
 
 
 def theoretical_cost(logits: Tensor, step_bits: Tensor, step_valid: Tensor, rgb: Tensor) -> Tensor:

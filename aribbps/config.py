@@ -38,6 +38,10 @@ class NetConfig:
             (0 = no latent input; the INS net).
         relative_inputs: feed the plane context the relative-neighbour
             features of :func:`aribbps.bitplanes.relative_features`.
+        split_first_step: code lattice step 1 in two halves, a checkerboard
+            of its positions, the second refined by the first's bits
+            (:mod:`aribbps.models.first_step_refine`).
+        refine_width, refine_depth: width and residual blocks of that refinement.
     """
 
     planes: tuple[int, ...]
@@ -49,16 +53,19 @@ class NetConfig:
     share: bool
     latent_channels: int = 0
     relative_inputs: bool = False
+    split_first_step: bool = False
+    refine_width: int = 32
+    refine_depth: int = 2
 
     def __post_init__(self) -> None:
         if not self.planes or any(not 1 <= k <= 8 for k in self.planes):
             raise ValueError(f"planes must be a non-empty subset of 1..8, got {self.planes!r}")
         if list(self.planes) != sorted(set(self.planes)):
             raise ValueError(f"planes must be increasing and distinct, got {self.planes!r}")
-        for name in ("plane_width", "space_width", "entropy_width"):
+        for name in ("plane_width", "space_width", "entropy_width", "refine_width"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
-        for name in ("plane_depth", "entropy_depth", "latent_channels"):
+        for name in ("plane_depth", "entropy_depth", "latent_channels", "refine_depth"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
 
@@ -100,6 +107,11 @@ class ModelConfig:
     #: False = no latent model: the SIG heads get no latent features and the
     #: model codes every plane from plane and space contexts ("context" mode).
     use_latent: bool = True
+    #: Code each plane's lattice step 1 as a checkerboard in two halves (see
+    #: :class:`NetConfig`); the refinement nets' width and depth.
+    split_first_step: bool = False
+    refine_width: int = 32
+    refine_depth: int = 2
 
     def __post_init__(self) -> None:
         if not 1 <= self.sig_num <= 7:
@@ -136,6 +148,9 @@ class ModelConfig:
             share=self.share,
             latent_channels=self.latent_feature_channels,
             relative_inputs=self.relative_inputs,
+            split_first_step=self.split_first_step,
+            refine_width=self.refine_width,
+            refine_depth=self.refine_depth,
         )
 
     def ins_net(self) -> NetConfig:
@@ -150,6 +165,9 @@ class ModelConfig:
             share=self.share,
             latent_channels=0,
             relative_inputs=self.relative_inputs,
+            split_first_step=self.split_first_step,
+            refine_width=self.refine_width,
+            refine_depth=self.refine_depth,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -252,6 +270,9 @@ CONFIGS: dict[str, ModelConfig] = {
 CONFIGS["medium"] = dataclasses.replace(
     CONFIGS["small"], name="medium", sig_plane_depth=5, ins_plane_depth=5, entropy_depth=2, ins_entropy_depth=2
 )
+# ``medium`` with lattice step 1 split into a checkerboard of two halves, the
+# second refined by the first (grown from a trained ``medium`` model).
+CONFIGS["medium-split"] = dataclasses.replace(CONFIGS["medium"], name="medium-split", split_first_step=True)
 # ``medium`` with a deeper INS net (planes 5-8 hold most of the bits), grown
 # the same way from a trained ``medium`` model.
 CONFIGS["deep-ins"] = dataclasses.replace(CONFIGS["medium"], name="deep-ins", ins_plane_depth=8, ins_entropy_depth=3)

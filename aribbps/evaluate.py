@@ -134,11 +134,12 @@ def theoretical_bits(images: Sequence[LoadedImage], model: LoadedModel, tile: in
                     bits.latent_prior -= float(logistic_log2_density(z - mu_p).sum())
                     bits.latent_posterior -= float(logistic_log2_density(z - mu_q).sum())
             channels = torch.where(rgb, 3, 1)[:, None, None, None]
-            for k, s, _, logits, plane in teacher_forced_steps(model.nets, x, valid, features):
-                cost = float(theoretical_cost(logits, step_view(plane, s), step_view(valid, s), rgb).sum())
+            for k, stage, _, logits, plane in teacher_forced_steps(model.nets, x, valid, features):
+                s, stage_valid = stage.s, stage.valid(valid)
+                cost = float(theoretical_cost(logits, step_view(plane, s), stage_valid, rgb).sum())
                 bits.planes += cost
                 bits.step_bits[k - 1, s - 1] += cost
-                bits.step_count[k - 1, s - 1] += float((step_view(valid, s) * channels).sum())
+                bits.step_count[k - 1, s - 1] += float((stage_valid * channels).sum())
     return bits
 
 

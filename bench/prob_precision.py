@@ -23,11 +23,15 @@ from aribbps.codec import teacher_forced_steps
 from aribbps.probability import bits_cost, coupled_probs
 
 
-def quantised_cost(p: Tensor, bits: Tensor, precision: int) -> float:
-    """Bits to code ``bits`` when each P(1) in ``p`` is rounded to ``precision`` bits."""
+def quantised_cost(p: Tensor, bits: Tensor, precision: int, coded: Tensor | None = None) -> float:
+    """Bits to code ``bits`` when each P(1) in ``p`` is rounded to ``precision`` bits.
+
+    ``coded``: a bool mask broadcasting to ``bits``, the positions counted (default all).
+    """
     scale = 2 ** precision
     q = torch.round(p.float() * scale).clamp_(1, scale - 1).double()
-    return float((precision - torch.log2(torch.where(bits.bool(), q, scale - q))).sum())
+    cost = precision - torch.log2(torch.where(bits.bool(), q, scale - q))
+    return float((cost if coded is None else cost * coded).sum())
 
 
 @torch.no_grad()
@@ -43,12 +47,12 @@ def plane_costs(directory: Path, model: zoo.LoadedModel, step: int, precisions: 
         x = torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))[None]
         valid = torch.ones(1, 1, *x.shape[-2:], dtype=torch.bool)
         features = model.nets.sig.latent.forward_details(x, generator=generator).features
-        for _, s, _, logits, plane in teacher_forced_steps(model.nets, x, valid, features):
-            step_bits = step_view(plane, s)
+        for _, stage, _, logits, plane in teacher_forced_steps(model.nets, x, valid, features):
+            step_bits, coded = step_view(plane, stage.s), stage.valid(valid)
             p = coupled_probs(logits.float(), step_bits)
-            totals["float"] += float(bits_cost(logits.float(), step_bits).sum())
+            totals["float"] += float(bits_cost(logits.float(), step_bits, coded).sum())
             for b in precisions:
-                totals[str(b)] += quantised_cost(p, step_bits, b)
+                totals[str(b)] += quantised_cost(p, step_bits, b, coded)
         subpixels += pixels.size
     return {k: v / subpixels for k, v in totals.items()}
 

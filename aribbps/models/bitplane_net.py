@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from aribbps.bitplanes import NUM_STEPS, known_before, plane_bits, space_prior_quarter, step_view
 from aribbps.config import ModelConfig, NetConfig
 from aribbps.models.entropy_head import EntropyHead
+from aribbps.models.first_step_refine import FirstStepRefine, first_half_mask
 from aribbps.models.latent import LatentModel
 from aribbps.models.plane_context import PlaneContext
 from aribbps.models.space_context import SpaceContext
@@ -71,6 +72,14 @@ class BitPlaneNet(nn.Module):
                 space = SpaceContext(cfg.space_width, dropout=dropout) if has_space else None
                 entropy = EntropyHead(in_channels, cfg.entropy_width, cfg.entropy_depth, dropout)
                 self.heads[head_key(k, s, cfg.share)] = StepHead(space, entropy)
+        #: Per plane ``p{k}``: the step-1b refinement of ``split_first_step`` configs.
+        self.refine: nn.ModuleDict | None = None
+        if cfg.split_first_step:
+            features = cfg.plane_width + cfg.latent_channels
+            self.refine = nn.ModuleDict({
+                f"p{k}": FirstStepRefine(features, cfg.refine_width, cfg.refine_depth, dropout)
+                for k in self.planes
+            })
 
     def head(self, k: int, s: int) -> StepHead:
         if k not in self.planes:
@@ -123,6 +132,28 @@ class BitPlaneNet(nn.Module):
         valid_q = step_view(valid, s) if valid is not None else None
         return head.entropy(torch.cat(parts, dim=1), valid_q)
 
+    def refined_logits(
+        self, k: int, context: Tensor, logits: Tensor, plane_bits: Tensor,
+        valid: Tensor | None = None, latent: Tensor | None = None,
+    ) -> Tensor:
+        """Logits of step 1b of plane ``k`` (``split_first_step`` configs).
+
+        Args:
+            context, valid, latent: as :meth:`step_logits`.
+            logits: (B, 6, H/2, W/2) the step-1 logits of plane ``k``.
+            plane_bits: (B, 3, H, W) uint8 bits of plane ``k``; only the
+                step-1a positions (:func:`first_half_mask`) are read.
+
+        Returns:
+            (B, 6, H/2, W/2); only the step-1b positions are meant to be used.
+        """
+        if self.refine is None:
+            raise ValueError("this network does not split lattice step 1 (split_first_step is false)")
+        self.head(k, 1)  # checks k
+        features = torch.cat([step_view(context, 1), *self._latent_part(latent, 1)], dim=1)
+        valid_q = step_view(valid, 1) if valid is not None else None
+        return self.refine[f"p{k}"](features, logits, step_view(plane_bits, 1), valid_q)
+
     def plane_costs(self, x: Tensor, valid: Tensor | None = None, latent: Tensor | None = None) -> Tensor:
         """Bits (−log2 likelihood) of each plane of ``x``, teacher forced.
 
@@ -147,7 +178,10 @@ class BitPlaneNet(nn.Module):
                 cost = context.new_zeros(batch)
                 for s in range(1, NUM_STEPS + 1):
                     logits = self.step_logits(k, s, context, bits, valid, latent)
-                    cost = cost + _step_cost(logits, bits, valid, s)
+                    if s == 1 and self.refine is not None:
+                        cost = cost + self._first_step_cost(k, logits, context, bits, valid, latent)
+                    else:
+                        cost = cost + _step_cost(logits, bits, valid, s)
                 costs.append(cost)
         return torch.stack(costs, dim=1)
 
@@ -196,7 +230,23 @@ class BitPlaneNet(nn.Module):
         valid_q = torch.cat([step_view(valid, s) for s in steps]) if valid is not None else None
         logits = head.entropy(torch.cat(parts, dim=1), valid_q)
         bits_q = torch.cat([step_view(bits, s) for s in steps])
-        return bits_cost(logits, bits_q, valid_q).view(NUM_STEPS, -1).sum(dim=0)
+        if self.refine is None:
+            return bits_cost(logits, bits_q, valid_q).view(NUM_STEPS, -1).sum(dim=0)
+        n = context.shape[0]
+        later_valid = valid_q[n:] if valid_q is not None else None
+        later = bits_cost(logits[n:], bits_q[n:], later_valid).view(NUM_STEPS - 1, -1).sum(dim=0)
+        return later + self._first_step_cost(k, logits[:n], context, bits, valid, latent)
+
+    def _first_step_cost(
+        self, k: int, logits: Tensor, context: Tensor, bits: Tensor, valid: Tensor | None, latent: Tensor | None
+    ) -> Tensor:
+        """Bits of step 1 coded in two halves: 1a with ``logits``, 1b refined."""
+        batch, _, height, width = logits.shape
+        first = first_half_mask(height, width, logits.device).expand(batch, 1, height, width)
+        valid_q = step_view(valid, 1) if valid is not None else torch.ones_like(first)
+        refined = self.refined_logits(k, context, logits, bits, valid, latent)
+        step_bits = step_view(bits, 1)
+        return bits_cost(logits, step_bits, first & valid_q) + bits_cost(refined, step_bits, ~first & valid_q)
 
 
 def _step_cost(logits: Tensor, bits: Tensor, valid: Tensor | None, s: int) -> Tensor:

@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
           help="model file to start both nets from (the net not trained is exported as it is); "
                "default: fresh initialisation")
     _flag(g, "dropout", type=float, metavar="P", help="dropout probability (default 0)")
+    _flag(g, "train-only", metavar="PART",
+          help="train only the parameters whose names contain PART, e.g. 'refine' for the step-1b "
+               "refinements of a model grown into a split_first_step config; the rest stay as --init has them")
 
     g = p.add_argument_group("data")
     _flag(g, "dataset_type", default="filedataset", choices=DATASET_KINDS,
@@ -267,6 +270,7 @@ def resolve_options(args: argparse.Namespace) -> tuple[TrainOptions, int]:
         dataset_type=args.dataset_type, valid_select=args.valid_select,
         log_interval=args.log_interval, resume=args.resume, init=args.init, qp_path=args.qp_path,
         random_crop=args.random_crop, hflip=args.hflip, kl_warmup=args.kl_warmup, ema=args.ema,
+        train_only=args.train_only,
         device=args.device, amp=args.amp,
         seed=args.seed, workers=workers, debug_dir=args.debug_dir, **values,
     )

@@ -117,6 +117,9 @@ class TrainOptions:
     #: Decay of an exponential moving average of the trained weights (0 =
     #: none). With it, validation and the exported models use the average.
     ema: float = 0.0
+    #: Train only the parameters of the trained nets whose names contain
+    #: this (e.g. "refine"); the others stay frozen. None = all of them.
+    train_only: str | None = None
     device: str = "auto"  # auto | cpu | cuda
     amp: bool = False  # bfloat16 autocast (CUDA only); weights stay float32
     seed: int = 0
@@ -343,6 +346,25 @@ class _LossModule(nn.Module):
         return self.objective.loss(x, names)
 
 
+def freeze_all_but(module: nn.Module, part: str) -> int:
+    """Stops gradients for every parameter of ``module`` whose name lacks ``part``.
+
+    Returns:
+        How many parameter tensors still train.
+
+    Raises:
+        ValueError: no parameter name contains ``part``.
+    """
+    kept = 0
+    for name, param in module.named_parameters():
+        keep = part in name
+        param.requires_grad_(keep)
+        kept += keep
+    if not kept:
+        raise ValueError(f"--train-only {part!r}: no trained parameter has {part!r} in its name")
+    return kept
+
+
 def _build_nets(
     opts: TrainOptions, cfg: ModelConfig, device: torch.device,
     init: tuple[BitPlaneNet, BitPlaneNet] | None,
@@ -531,6 +553,8 @@ class Trainer:
         self.data = _Data(opts, self.cfg, info)
         self.objective.check_names(self.data.names)  # finetune: every image needs its qp
         self.module = _LossModule(self.objective)
+        if opts.train_only is not None:
+            freeze_all_but(self.module, opts.train_only)
         params = [p for p in self.module.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(params, lr=opts.lr)
         self.scheduler = torch.optim.lr_scheduler.StepLR(

@@ -1,0 +1,151 @@
+"""Split first lattice step: causality, the coding stages, exact round trips, training pieces."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from aribbps.arib import AribCodec
+from aribbps.bitplanes import plane_bits, step_view
+from aribbps.codec import PlaneCodec, PlaneNets, Stage, coding_stages, teacher_forced_steps, theoretical_cost
+from aribbps.config import ModelConfig, get_config
+from aribbps.models.bitplane_net import build_nets
+from aribbps.models.deepen import deepen, deepening_problem
+from aribbps.models.first_step_refine import first_half_mask
+from aribbps.train.trainer import freeze_all_but
+from kernels import HAS_TRITON, interpreter_mode
+from tests.conftest import smooth_images
+
+
+def split_config(base: str = "tiny") -> ModelConfig:
+    return dataclasses.replace(get_config(base), name=f"{base}-split", split_first_step=True, refine_width=8)
+
+
+def split_nets(base: str = "tiny", seed: int = 0, scale: float = 0.3) -> tuple[PlaneNets, int]:
+    torch.manual_seed(seed)
+    cfg = split_config(base)
+    sig, ins = build_nets(cfg)
+    with torch.no_grad():
+        for p in list(sig.parameters()) + list(ins.parameters()):
+            p.add_(torch.randn_like(p) * scale)
+    return PlaneNets(sig.eval(), ins.eval()), cfg.pad_multiple
+
+
+def _items(seed: int, n: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        c = 1 if i % 4 == 3 else 3
+        h, w = rng.integers(1, 21, 2)
+        base = rng.integers(0, 256, (c, 1, 1))
+        out.append(np.clip(base + rng.integers(-25, 26, (c, h, w)), 0, 255).astype(np.uint8))
+    return out
+
+
+def test_the_halves_partition_step_1():
+    stages = coding_stages(True)
+    assert [(st.s, st.half) for st in stages] == [(1, 1), (1, 2), (2, 0), (3, 0), (4, 0)]
+    assert coding_stages(False) == tuple(Stage(s) for s in range(1, 5))
+    valid = torch.zeros(2, 1, 10, 12, dtype=torch.bool)
+    valid[0, :, :7, :9] = True
+    valid[1] = True
+    a, b = Stage(1, 1).valid(valid), Stage(1, 2).valid(valid)
+    assert not (a & b).any()
+    assert torch.equal(a | b, Stage(1).valid(valid))
+    assert first_half_mask(3, 3)[0, 0].tolist() == [[True, False, True], [False, True, False], [True, False, True]]
+
+
+def test_step_1b_reads_the_1a_bits_and_nothing_of_its_own():
+    nets, _ = split_nets()
+    net = nets.ins
+    x = smooth_images(2, 16, 0)
+    k = net.planes[0]
+    with torch.no_grad():
+        context = net.plane_context(x, k)
+        bits = plane_bits(x, k)
+        logits = net.step_logits(k, 1, context, bits)
+        refined = net.refined_logits(k, context, logits, bits)
+        first = first_half_mask(8, 8)
+        flip_b, flip_a = bits.clone(), bits.clone()
+        step_view(flip_b, 1)[:] ^= (~first).to(torch.uint8)
+        step_view(flip_a, 1)[:] ^= first.to(torch.uint8)
+        assert torch.equal(net.refined_logits(k, context, logits, flip_b), refined)
+        changed = net.refined_logits(k, context, logits, flip_a)
+    assert not torch.allclose(changed, refined)
+
+
+@pytest.mark.parametrize("mode,lanes", [("single", 1), ("single", 3), ("dataset", 4)])
+def test_arib_round_trip(mode: str, lanes: int) -> None:
+    nets, multiple = split_nets()
+    items = _items(lanes, 13)
+    streams, stats = AribCodec(nets, multiple, lanes, mode, threads=2).encode(items)
+    nets2, _ = split_nets()
+    decoded = AribCodec(nets2, multiple, lanes, mode, threads=1).decode(
+        [i.shape for i in items], streams, stats.qp.tolist(), stats.padding_words.tolist())
+    for got, want in zip(decoded, items):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_context_codec_round_trip_and_its_accounting() -> None:
+    nets, multiple = split_nets("tiny-context", seed=2, scale=0.1)
+    items = _items(9, 9)
+    codec = PlaneCodec(nets, multiple, 2, threads=1)
+    streams, stats = codec.encode(items)
+    for got, want in zip(codec.decode([i.shape for i in items], streams), items):
+        np.testing.assert_array_equal(got, want)
+    # the quantised cost follows the float cross-entropy: the 1b stage is counted once
+    assert stats.quantised_bits.sum() == pytest.approx(stats.theoretical_bits.sum(), rel=0.02)
+    assert sum(len(s) for s in streams) * 8 == pytest.approx(stats.quantised_bits.sum(), rel=0.02, abs=400)
+
+
+@pytest.mark.skipif(not (HAS_TRITON and interpreter_mode()), reason="needs triton and TRITON_INTERPRET=1")
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+def test_round_trip_on_the_triton_path() -> None:
+    nets, multiple = split_nets("tiny-context", seed=3, scale=0.2)
+    items = _items(4, 2)
+    codec = PlaneCodec(nets, multiple, 1, threads=1, kernel_path="triton")
+    streams, _ = codec.encode(items)
+    for got, want in zip(codec.decode([i.shape for i in items], streams), items):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_training_cost_is_what_the_coder_is_given():
+    nets, _ = split_nets(seed=4, scale=0.2)
+    valid = torch.ones(3, 1, 16, 16, dtype=torch.bool)
+    valid[1, :, 11:] = False
+    x = smooth_images(3, 16, 5) * valid
+    rgb = torch.ones(3, dtype=torch.bool)
+    with torch.no_grad():
+        coded = torch.zeros(3, dtype=torch.float64)
+        for k, stage, _, logits, bits in teacher_forced_steps(nets, x, valid, None, nets.ins.planes):
+            coded += theoretical_cost(logits, step_view(bits, stage.s), stage.valid(valid), rgb).double()
+        trained = nets.ins.plane_costs(x, valid).sum(dim=1).double()
+    torch.testing.assert_close(trained, coded, rtol=1e-4, atol=1e-3)
+
+
+def test_a_model_grown_into_the_split_config_codes_as_before():
+    torch.manual_seed(0)
+    base = get_config("tiny")
+    sig, ins = build_nets(base)
+    with torch.no_grad():
+        for p in list(sig.parameters()) + list(ins.parameters()):
+            p.add_(torch.randn_like(p) * 0.2)
+    target = split_config()
+    assert deepening_problem(base, target) is None
+    assert "split_first_step (True -> False)" in deepening_problem(target, base)
+    assert "refine_width" in deepening_problem(target, dataclasses.replace(target, refine_width=16))
+    grown_sig, grown_ins = deepen(base, (sig, ins), target)
+    x = smooth_images(2, 16, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(grown_ins.eval().plane_costs(x), ins.eval().plane_costs(x))
+
+
+def test_train_only_freezes_everything_but_the_named_part():
+    nets, _ = split_nets()
+    trained = freeze_all_but(nets.ins, "refine")
+    names = [n for n, p in nets.ins.named_parameters() if p.requires_grad]
+    assert trained == len(names) > 0 and all(".refine." in f".{n}" for n in names)
+    with pytest.raises(ValueError, match="no trained parameter"):
+        freeze_all_but(nets.ins, "no-such-part")
