@@ -25,7 +25,7 @@ from aribbps.atomic import atomic_directory, atomic_write_bytes
 from aribbps.arib import ARIB_MODES, AribCodec, AribStats
 from aribbps.codec import CodingStats, PlaneCodec
 from aribbps.coder import NotEnoughBitsError, StreamError
-from aribbps.container import Archive, ImageRecord, check_model, encode_archive, read_archive
+from aribbps.container import Archive, ImageRecord, check_model, encode_archive, name_from_file, read_archive
 from aribbps.errors import ArchiveError, AribError, ChecksumError, ImageFormatError
 from aribbps.imageio import (MODE_CHANNELS, LoadedImage, join_alpha, load_image, output_name, pixel_checksum,
                              save_image, split_alpha)
@@ -159,8 +159,12 @@ def default_mode(model: LoadedModel, n_items: int) -> str:
 
 def encode_images(images: Sequence[LoadedImage], model: LoadedModel, lanes: int | None = None,
                   tile: int = DEFAULT_TILE, threads: int = 0, progress: Progress | None = None,
-                  mode: str | None = None, lane_groups: int | None = None) -> CompressResult:
+                  mode: str | None = None, lane_groups: int | None = None,
+                  name_from_file: bool = False) -> CompressResult:
     """Codes images in memory; returns the archive, its bytes and the figures.
+
+    ``name_from_file``: store no name for the one image; a reader names it
+    after the ``.arib`` file (:attr:`aribbps.container.Archive.name_from_file`).
 
     ``mode``: "context", "single" or "dataset" (see :data:`CODING_MODES`);
     None picks :func:`default_mode`. ``lanes``: None picks :func:`default_lanes`.
@@ -189,7 +193,7 @@ def encode_images(images: Sequence[LoadedImage], model: LoadedModel, lanes: int 
     mode = mode or default_mode(model, len(items))
     streams, stats, kernel_path, n_groups = _encode_items(items, model, mode, lanes, threads, progress, lane_groups)
     archive = Archive(model.name, model.weights_hash, mode, lanes, tile, model.device.type, kernel_path,
-                      records, streams)
+                      records, streams, name_from_file=name_from_file)
     if n_groups > 1:
         archive.extra[GROUPS_KEY] = n_groups
     if isinstance(stats, AribStats):
@@ -323,9 +327,15 @@ def compress(inputs: Sequence[str | Path], output: str | Path, model: LoadedMode
              lanes: int | None = None, tile: int = DEFAULT_TILE, device: str | None = "cpu", threads: int = 0,
              progress: Progress | None = None, mode: str | None = None,
              lane_groups: int | None = None) -> CompressResult:
-    """Compresses image files into one ``.arib`` file (written atomically)."""
+    """Compresses image files into one ``.arib`` file (written atomically).
+
+    One image whose name the output's name implies (``img.png`` into
+    ``img.arib``) is stored without its name (:func:`aribbps.container.name_from_file`).
+    """
     loaded = model if isinstance(model, LoadedModel) else load(model, device)
-    result = encode_images(load_images(inputs), loaded, lanes, tile, threads, progress, mode, lane_groups)
+    images = load_images(inputs)
+    implied = len(images) == 1 and images[0].name == name_from_file(Path(output).name, images[0].fmt)
+    result = encode_images(images, loaded, lanes, tile, threads, progress, mode, lane_groups, implied)
     atomic_write_bytes(output, result.data)
     return result
 

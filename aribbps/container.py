@@ -89,8 +89,12 @@ _START = struct.Struct("<4sH")  # magic, version: the same in every version
 _CRC = struct.Struct("<I")
 _META_STORED, _META_ZLIB = 0, 1
 #: Version 3's flags byte: bits 0-1 coding mode, 2 device kind, 3 kernel path,
-#: 4 metadata codec; the others must be 0.
-_V3_UNKNOWN_FLAGS = 0xE0
+#: 4 metadata codec, 5 name from the file's (:attr:`Archive.name_from_file`);
+#: the others must be 0.
+_V3_NAME_FROM_FILE = 1 << 5
+_V3_UNKNOWN_FLAGS = 0xC0
+#: What a name taken from the file's own name is called when there is none.
+UNNAMED_STEM = "image"
 #: Smallest version-2/3 file: prologue with a 1-byte header size, model id,
 #: four 1-byte fields (flags and counts) and the CRC.
 _V2_MIN_SIZE = _START.size + 1 + MODEL_ID_SIZE + 4 + _CRC.size
@@ -146,6 +150,9 @@ class Archive:
         sealed_lanes: the lane streams end in lane seals (version 3, always
             written so); False for a version 1-2 file, whose streams end empty
             and whose records carry pixel checksums.
+        name_from_file: the file holds one image and not its name: a reader
+            names it after the ``.arib`` file (:func:`name_from_file`), as
+            ``compress img.png`` writes ``img.arib``. Saves the name's bytes.
     """
 
     model_name: str
@@ -159,6 +166,19 @@ class Archive:
     lane_streams: list[bytes]
     extra: dict[str, Any] = field(default_factory=dict)
     sealed_lanes: bool = True
+    name_from_file: bool = False
+
+
+def name_from_file(file_name: str | None, fmt: str) -> str | None:
+    """The image name a one-image file without a stored name gives: the file's
+    stem (:data:`UNNAMED_STEM` without a file name) plus the format's usual
+    extension; None for a format without one."""
+    if fmt not in FORMAT_EXTENSIONS:
+        return None
+    stem = Path(file_name).stem if file_name else ""
+    if not stem or _name_problem(f"{stem}.{FORMAT_EXTENSIONS[fmt]}"):
+        stem = UNNAMED_STEM
+    return f"{stem}.{FORMAT_EXTENSIONS[fmt]}"
 
 
 # --------------------------------------------------------------------------
@@ -236,7 +256,8 @@ def _encode_meta(a: Archive) -> bytes:
         pack_dict(a.extra, "archive extra"),
     ]
     # Column by column: like values sit together, which zlib rewards.
-    parts += [_name_field(r) for r in a.images]
+    if not a.name_from_file:
+        parts += [_name_field(r) for r in a.images]
     parts += [_coded_str(r.fmt, IMAGE_FORMATS) for r in a.images]
     parts.append(bytes(_code(r.mode, IMAGE_MODES, f"image {i}: mode")
                        for i, r in enumerate(a.images)))
@@ -249,7 +270,8 @@ def _encode_meta(a: Archive) -> bytes:
 def _flags(a: Archive, meta_codec: int) -> int:
     """The version-3 flags byte: coding mode, device kind, kernel path, metadata codec."""
     return (_code(a.mode, CODING_MODES, "mode") | _code(a.device_kind, DEVICE_KINDS, "device_kind") << 2
-            | _code(a.kernel_path, KERNEL_PATHS, "kernel_path") << 3 | meta_codec << 4)
+            | _code(a.kernel_path, KERNEL_PATHS, "kernel_path") << 3 | meta_codec << 4
+            | (_V3_NAME_FROM_FILE if a.name_from_file else 0))
 
 
 def _check_archive(a: Archive) -> None:
@@ -270,6 +292,9 @@ def _check_archive(a: Archive) -> None:
         raise ValueError(f"at most {MAX_IMAGES} images per archive, got {len(a.images)}")
     for i, r in enumerate(a.images):
         _check_record(i, r)
+    if a.name_from_file and (len(a.images) != 1 or a.images[0].fmt not in FORMAT_EXTENSIONS):
+        raise ValueError("name_from_file needs exactly one image, of a format with a usual extension "
+                         f"({', '.join(FORMAT_EXTENSIONS)})")
 
 
 def _packed_meta(a: Archive) -> tuple[int, bytes]:
@@ -408,7 +433,8 @@ def _flag_fields(flags: int) -> dict[str, Any]:
             "kernel_path": KERNEL_PATHS[flags >> 3 & 1]}
 
 
-def _decode_meta(meta: bytes, n_images: int, checksums: memoryview | None, flags: int | None) -> dict[str, Any]:
+def _decode_meta(meta: bytes, n_images: int, checksums: memoryview | None, flags: int | None,
+                 file_name: str | None = None) -> dict[str, Any]:
     """The metadata table: version 3's when ``flags`` (its header's flags byte) is given, else version 1/2's."""
     r = _Reader(memoryview(meta), "metadata")
     tile_size = r.varint()
@@ -427,10 +453,20 @@ def _decode_meta(meta: bytes, n_images: int, checksums: memoryview | None, flags
         fields.update(_flag_fields(flags))
         fields["model_name"] = _read_coded_str(r, MODEL_NAMES, "model name")
         fields["extra"] = read_dict(r, "archive extra")
-        name_parts = [_read_name_part(r, i) for i in range(n_images)]
+        named = not flags & _V3_NAME_FROM_FILE
+        if not named and n_images != 1:
+            raise ArchiveError(f"corrupted: {n_images} images take their name from the file's (only one can)")
+        name_parts = [_read_name_part(r, i) for i in range(n_images)] if named else []
         fmts = [_read_coded_str(r, IMAGE_FORMATS, f"image {i} format") for i in range(n_images)]
-        names = [_full_name(stored, implied, fmt, i)
-                 for i, ((stored, implied), fmt) in enumerate(zip(name_parts, fmts))]
+        if named:
+            names = [_full_name(stored, implied, fmt, i)
+                     for i, ((stored, implied), fmt) in enumerate(zip(name_parts, fmts))]
+        else:
+            names = [name_from_file(file_name, fmts[0])]
+            if names[0] is None:
+                raise ArchiveError(f"corrupted: the image takes its name from the file's, but format "
+                                   f"{fmts[0]!r} has no usual extension")
+            fields["name_from_file"] = True
     modes = [_read_code(r, IMAGE_MODES, f"image {i} mode") for i in range(n_images)]
     widths = [r.varint() for _ in range(n_images)]
     heights = [r.varint() for _ in range(n_images)]
@@ -481,7 +517,7 @@ def _check_counts(n_images: int, n_lanes: int, meta_codec: int) -> None:
 
 
 def _metadata(meta_blob: memoryview, meta_codec: int, n_images: int, checksums: memoryview | None,
-              flags: int | None) -> dict[str, Any]:
+              flags: int | None, file_name: str | None = None) -> dict[str, Any]:
     """The decoded metadata table: decompressed within its bound, then parsed."""
     limit = _meta_limit(n_images)
     if meta_codec == _META_ZLIB:
@@ -490,7 +526,7 @@ def _metadata(meta_blob: memoryview, meta_codec: int, n_images: int, checksums: 
         raise ArchiveError(f"corrupted: metadata of {len(meta_blob)} bytes is above {limit}")
     else:
         meta = bytes(meta_blob)
-    return _decode_meta(meta, n_images, checksums, flags)
+    return _decode_meta(meta, n_images, checksums, flags, file_name)
 
 
 def _split_streams(view: memoryview, offset: int, lengths: list[int]) -> list[bytes]:
@@ -501,8 +537,11 @@ def _split_streams(view: memoryview, offset: int, lengths: list[int]) -> list[by
     return streams
 
 
-def decode_archive(data: bytes | bytearray | memoryview) -> Archive:
+def decode_archive(data: bytes | bytearray | memoryview, file_name: str | None = None) -> Archive:
     """Parse and verify an ``.arib`` file (version 1, 2 or 3) held in memory.
+
+    ``file_name``: the file's name, which names the image of a file written
+    with :attr:`Archive.name_from_file` (default :data:`UNNAMED_STEM`).
 
     Raises:
         ArchiveError: not an ``.arib`` file, an unsupported version or flag,
@@ -521,10 +560,10 @@ def decode_archive(data: bytes | bytearray | memoryview) -> Archive:
         readable = ", ".join(str(v) for v in READABLE_VERSIONS)
         raise ArchiveError(f"unsupported format version {version} "
                            f"(this aribbps reads versions {readable})")
-    return _decode_v1(view) if version == 1 else _decode_varint_header(view, version)
+    return _decode_v1(view) if version == 1 else _decode_varint_header(view, version, file_name)
 
 
-def _decode_varint_header(view: memoryview, version: int) -> Archive:
+def _decode_varint_header(view: memoryview, version: int, file_name: str | None) -> Archive:
     """Versions 2 and 3: the header is parsed (bounds-checked) to learn the file's
     size, then the whole-file CRC is verified before the metadata is decoded.
     Version 3 has a flags byte where version 2 has its metadata codec byte."""
@@ -552,7 +591,7 @@ def _decode_varint_header(view: memoryview, version: int) -> Archive:
     (crc,) = _CRC.unpack(view[size - _CRC.size:])
     if zlib.crc32(view[:size - _CRC.size]) != crc:
         raise ArchiveError("corrupted: checksum mismatch")
-    fields = _metadata(meta_blob, meta_codec, n_images, checksums, flags)
+    fields = _metadata(meta_blob, meta_codec, n_images, checksums, flags, file_name)
     return Archive(model_hash=model_id, lanes=n_lanes, sealed_lanes=flags is not None,
                    lane_streams=_split_streams(view, header_end, lengths), **fields)
 
@@ -603,7 +642,7 @@ def read_archive(path: StrPath) -> Archive:
     except OSError as e:
         raise ArchiveError(f"{path}: cannot read: {e.strerror or e}") from None
     try:
-        return decode_archive(data)
+        return decode_archive(data, Path(path).name)
     except ArchiveError as e:
         raise ArchiveError(f"{path}: {e}") from None
 

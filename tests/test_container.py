@@ -344,8 +344,37 @@ def test_version_3_flags_are_checked() -> None:
     meta = meta_v3([])
     assert decode_archive(forge(flags=0x0D, meta=meta)).mode == "single"  # single, cuda, triton
     expect_archive_error(forge(flags=0x03, meta=meta), "unknown coding mode code 3")
-    for bit in (0x20, 0x40, 0x80):
+    for bit in (0x40, 0x80):
         expect_archive_error(forge(flags=bit, meta=meta), f"unsupported flags 0x{bit:02x}")
+
+
+def _nameless_meta(n: int, fmts: bytes | None = None) -> bytes:
+    """Version-3 metadata of ``n`` RGB 1x1 images without the name column."""
+    return b"\x00\x01\x00" + ((b"\x01" * n) if fmts is None else fmts) + b"\x02" * n \
+        + b"\x01" * n + b"\x01" * n + b"\x00" * n
+
+
+def test_one_image_can_take_its_name_from_the_file(tmp_path: Path) -> None:
+    a = small_archive(1, 1)
+    named = encode_archive(a)
+    a.name_from_file = True
+    data = encode_archive(a)
+    assert len(data) == len(named) - len("img_000") - 1  # the name and its length are not stored
+    assert decode_archive(data, "img_000.arib") == a
+    assert decode_archive(data, "holiday.arib").images[0].name == "holiday.png"
+    assert decode_archive(data).images[0].name == C.UNNAMED_STEM + ".png"
+    assert read_archive(write_archive(tmp_path / "x.y.arib", a)).images[0].name == "x.y.png"
+    assert C.name_from_file("a.arib", "JPEG") == "a.jpg" and C.name_from_file("a.arib", "XYZ") is None
+    assert decode_archive(forge(flags=0x20, n_images=1, meta=_nameless_meta(1))).images[0].name == "image.png"
+    expect_archive_error(forge(flags=0x20, n_images=2, meta=_nameless_meta(2)), "only one can")
+    expect_archive_error(forge(flags=0x20, n_images=1, meta=_nameless_meta(1, b"\x00\x01x")),
+                         "format 'x' has no usual extension")
+    for bad in (small_archive(2, 1), Archive(**{**vars(small_archive(1, 1))})):
+        bad.name_from_file = True
+        if len(bad.images) == 1:
+            bad.images[0].fmt = "XYZ"
+        with pytest.raises(ValueError, match="name_from_file needs exactly one image"):
+            encode_archive(bad)
 
 
 def test_deeply_nested_extras_are_refused() -> None:
