@@ -334,10 +334,16 @@ def compress(inputs: Sequence[str | Path], output: str | Path, model: LoadedMode
     """
     loaded = model if isinstance(model, LoadedModel) else load(model, device)
     images = load_images(inputs)
-    implied = len(images) == 1 and images[0].name == name_from_file(Path(output).name, images[0].fmt)
+    implied = len(images) == 1 and name_implied_by(output, images[0])
     result = encode_images(images, loaded, lanes, tile, threads, progress, mode, lane_groups, implied)
     atomic_write_bytes(output, result.data)
     return result
+
+
+def name_implied_by(output: str | Path, image: LoadedImage) -> bool:
+    """Whether an ``.arib`` file named ``output`` holding just ``image`` gives
+    the image's name back without storing it (``img.png`` in ``img.arib``)."""
+    return image.name == name_from_file(Path(output).name, image.fmt)
 
 
 # ------------------------------------------------------------------ decode

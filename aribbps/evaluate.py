@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -19,6 +20,7 @@ import torch
 
 from aribbps.bitplanes import NUM_STEPS, step_view
 from aribbps.codec import teacher_forced_steps, theoretical_cost
+from aribbps import api
 from aribbps.api import CONTEXT_MODE, DEFAULT_TILE, CompressResult, decode_archive_images, encode_images
 from aribbps.container import decode_archive
 from aribbps.errors import AribError
@@ -144,8 +146,10 @@ def theoretical_bits(images: Sequence[LoadedImage], model: LoadedModel, tile: in
 
 
 def _round_trip(images: Sequence[LoadedImage], model: LoadedModel, lanes: int | None, tile: int, threads: int,
-                mode: str | None, lane_groups: int | None = None) -> tuple[CompressResult, float, int]:
-    result = encode_images(images, model, lanes, tile, threads, mode=mode, lane_groups=lane_groups)
+                mode: str | None, lane_groups: int | None = None,
+                name_from_file: bool = False) -> tuple[CompressResult, float, int]:
+    result = encode_images(images, model, lanes, tile, threads, mode=mode, lane_groups=lane_groups,
+                           name_from_file=name_from_file)
     start = time.perf_counter()
     failures = 0
     try:
@@ -174,9 +178,11 @@ def evaluate(images: Sequence[LoadedImage], model: LoadedModel, mode: str, lanes
                           plane_step_bits=elbo.bits_per_bit())
     coding = ("single" if mode == "single" else "dataset") if has_latent else CONTEXT_MODE
     results = []
-    if mode == "single":  # each image as `compress` codes it alone (its tiles, if several, chained)
+    if mode == "single":  # each image as `compress IMG` codes it alone into IMG's name + .arib
         for image in images:
-            results.append(_round_trip([image], model, None, tile, threads, None if has_latent else coding))
+            implied = api.name_implied_by(Path(image.name).with_suffix(".arib"), image)
+            results.append(_round_trip([image], model, None, tile, threads, None if has_latent else coding,
+                                       name_from_file=implied))
     else:
         results.append(_round_trip(images, model, lanes, tile, threads, coding, lane_groups))
     plane = sum(r.quantised_bits for r, _, _ in results)

@@ -319,3 +319,20 @@ def test_info(tmp_path: Path, model_file: Path, capsys: pytest.CaptureFixture[st
     summary = json.loads(capsys.readouterr().out)
     assert summary["images"] == 3 and summary["model"] == "tiny-context" and summary["mode"] == "context"
     assert decode_archive(arib.read_bytes()).lanes == summary["lanes"]
+
+
+def test_one_image_named_like_its_archive_is_stored_without_its_name(tmp_path: Path, model_file: Path) -> None:
+    img = _save(tmp_path / "holiday_photo.png", _rng(8).integers(0, 256, (6, 8, 3), dtype=np.uint8))
+    assert main(["compress", str(img), "--model", str(model_file), "-q"]) == EXIT_OK
+    implied = tmp_path / "holiday_photo.arib"
+    named = tmp_path / "other.arib"
+    assert main(["compress", str(img), "-o", str(named), "--model", str(model_file), "-q"]) == EXIT_OK
+    assert read_archive(implied).name_from_file and not read_archive(named).name_from_file
+    assert implied.stat().st_size < named.stat().st_size
+    renamed = tmp_path / "renamed.arib"
+    renamed.write_bytes(implied.read_bytes())
+    for arib, name in ((implied, "holiday_photo.png"), (renamed, "renamed.png"), (named, "holiday_photo.png")):
+        out = tmp_path / f"out_{arib.stem}"
+        assert main(["decompress", str(arib), "-o", str(out), "--model", str(model_file), "-q"]) == EXIT_OK
+        assert [p.name for p in out.iterdir()] == [name]
+        np.testing.assert_array_equal(np.asarray(Image.open(out / name)), np.asarray(Image.open(img)))
