@@ -9,9 +9,9 @@ the model's ``pad_multiple``). Padding is never coded: the coder skips
 invalid positions.
 
 Decoder order inside a lane: round 0 first; in a round plane 1..8, in a plane
-its coding stages (:func:`coding_stages`: steps 1..4, or with a
-``split_first_step`` model 1a, 1b, 2, 3, 4), in a stage its valid positions
-in row-major order, R, G, B.
+its coding stages (:func:`coding_stages`: steps 1..4, or with a model that
+splits step 1 its parts first: 1a, 1b or 1a1, 1a2, 1b), in a stage its valid
+positions in row-major order, R, G, B.
 The encoder pushes the exact reverse. Both sides run the networks on the same
 batches built from the same integers (DESIGN 2.3):
 
@@ -36,7 +36,7 @@ from aribbps.bitplanes import NUM_STEPS, known_before, plane_bits, step_position
 from aribbps.coder import LaneCoder
 from aribbps.lane_seal import check_lane_seals, lane_seals
 from aribbps.models.bitplane_net import BitPlaneNet
-from aribbps.models.first_step_refine import first_half_mask
+from aribbps.models.first_step_refine import FirstStepPart, pattern_mask
 from aribbps.overlap import default_overlap, prefetched
 from aribbps.probability import P_MAX, P_MIN, coupled_probs
 from kernels import dispatch
@@ -57,26 +57,32 @@ class PlaneNets:
 
 @dataclass(frozen=True)
 class Stage:
-    """One coding pass over a plane: lattice step ``s``, whole (``half`` 0),
-    or with a ``split_first_step`` model the checkerboard halves of step 1:
-    ``half`` 1 (1a, the step-1 logits) and 2 (1b, refined by 1a's bits)."""
+    """One coding pass over a plane: lattice step ``s``, or at step 1 one of
+    the parts a model codes it in (:mod:`aribbps.models.first_step_refine`)."""
 
     s: int
-    half: int = 0
+    part: FirstStepPart | None = None
+
+    @property
+    def whole(self) -> bool:
+        """It codes every position of its step."""
+        return self.part is None or not self.part.name
+
+    def mask(self, height: int, width: int, device: torch.device | str | None = None) -> Tensor | None:
+        """(1, 1, h, w) bool of its positions on the step's quarter grid; None for all."""
+        return None if self.whole else pattern_mask(self.part.pattern, height, width, device)
 
     def valid(self, valid: Tensor) -> Tensor:
         """(B, 1, H, W) bool validity -> (B, 1, H/2, W/2): the positions this stage codes."""
         v = step_view(valid, self.s)
-        if self.half == 0:
-            return v
-        first = first_half_mask(v.shape[-2], v.shape[-1], v.device)
-        return v & (first if self.half == 1 else ~first)
+        mask = self.mask(v.shape[-2], v.shape[-1], v.device)
+        return v if mask is None else v & mask
 
 
-def coding_stages(split_first_step: bool) -> tuple[Stage, ...]:
-    """The stages of a plane in decoding order."""
-    whole = tuple(Stage(s) for s in range(1, NUM_STEPS + 1))
-    return (Stage(1, 1), Stage(1, 2)) + whole[1:] if split_first_step else whole
+def coding_stages(net: BitPlaneNet) -> tuple[Stage, ...]:
+    """The stages of each of ``net``'s planes, in decoding order."""
+    return tuple(Stage(1, part) for part in net.first_step_parts) + tuple(
+        Stage(s) for s in range(2, NUM_STEPS + 1))
 
 
 @dataclass
@@ -112,10 +118,8 @@ class _Round:
     def stage_mask(self, stage: Stage) -> np.ndarray:
         """(n, H/2*W/2) bool: the valid positions ``stage`` codes, quarter grid row-major."""
         mask = self.step_masks[stage.s - 1]
-        if stage.half == 0:
-            return mask
-        first = first_half_mask(self.height // 2, self.width // 2).numpy().reshape(1, -1)
-        return mask & (first if stage.half == 1 else ~first)
+        part = stage.mask(self.height // 2, self.width // 2)
+        return mask if part is None else mask & part.numpy().reshape(1, -1)
 
 
 def plan_rounds(shapes: Sequence[ItemShape], lanes: int, multiple: int, device: torch.device) -> Iterator[_Round]:
@@ -374,10 +378,10 @@ class PlaneCodec:
             bits = torch.zeros_like(x)
             lat = latent if net.cfg.latent_channels > 0 else None
             first_logits: Tensor | None = None
-            for stage in coding_stages(net.refine is not None):
+            for stage in coding_stages(net):
                 probs7, logits = stage_probs7(net, k, stage, context, bits, valid, lat, first_logits,
                                               self.kernel_path)
-                if stage.half == 1:
+                if stage.s == 1 and first_logits is None:
                     first_logits = logits
                 step_bits = self._pop(coder, rnd, stage, dispatch.to_host(probs7), rgb)
                 pr, pc = step_positions(stage.s)
@@ -409,17 +413,17 @@ def stage_probs7(net: BitPlaneNet, k: int, stage: Stage, context: Tensor, bits: 
                  latent: Tensor | None, first_logits: Tensor | None, kernel_path: str) -> tuple[Tensor, Tensor]:
     """The coder's probabilities and the logits of one (plane, stage).
 
-    ``bits`` holds the plane's bits known before the stage (zeros elsewhere;
-    step 1b reads only the 1a positions). Stage 1b refines ``first_logits``,
-    the logits of stage 1a, in torch on either kernel path.
+    ``bits`` holds the plane's bits known before the stage (zeros elsewhere).
+    A refined part of step 1 refines ``first_logits``, the logits of the
+    first part, in torch on either kernel path.
 
     Returns:
         probs7 (n, Q, 7) uint8 on the device, logits (n, 6, H/2, W/2).
     """
-    if stage.half == 2:
+    if stage.part is not None and stage.part.refine is not None:
         if first_logits is None:
-            raise ValueError("stage 1b needs the logits of stage 1a")
-        logits = net.refined_logits(k, context, first_logits, bits, valid, latent)
+            raise ValueError(f"step-1 part {stage.part.name!r} needs the logits of the first part")
+        logits = net.refined_logits(k, stage.part, context, first_logits, bits, valid, latent)
         return dispatch.quantise_probs7(logits), logits
     probs7, logits = dispatch.step_probs7(net, k, stage.s, context, bits, valid, latent,
                                           path=kernel_path, return_logits=True)
@@ -446,14 +450,15 @@ def teacher_forced_steps(nets: PlaneNets, x: Tensor, valid: Tensor, latent: Tens
         bits = plane_bits(x, k) * valid_u8
         lat = latent if net.cfg.latent_channels > 0 else None
         first_logits: Tensor | None = None
-        for stage in coding_stages(net.refine is not None):
-            if stage.half == 2:
-                known = bits.clone()  # the 1a bits only
-                step_view(known, 1).mul_(first_half_mask(height // 2, width // 2, x.device).to(torch.uint8))
+        for stage in coding_stages(net):
+            if stage.part is not None and stage.part.known is not None:
+                known = bits.clone()  # the step-1 bits of the part's known pattern only
+                pattern = pattern_mask(stage.part.known, height // 2, width // 2, x.device)
+                step_view(known, 1).mul_(pattern.to(torch.uint8))
             else:
                 known = bits * steps_before_mask(stage.s, height, width, x.device).to(torch.uint8)
             probs7, logits = stage_probs7(net, k, stage, context, known, valid, lat, first_logits, kernel_path)
-            if stage.half == 1:
+            if stage.s == 1 and first_logits is None:
                 first_logits = logits
             yield k, stage, probs7, logits, bits
 

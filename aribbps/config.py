@@ -21,6 +21,11 @@ from typing import Any, Mapping
 PLANE_CONTEXT_MULTIPLE = 2
 
 
+def _check_splits(split_first_step: bool, split_step_1a: bool) -> None:
+    if split_step_1a and not split_first_step:
+        raise ValueError("split_step_1a splits the first half of step 1: it needs split_first_step")
+
+
 @dataclass(frozen=True)
 class NetConfig:
     """Hyper-parameters of one bit-plane network (SIG or INS).
@@ -41,7 +46,8 @@ class NetConfig:
         split_first_step: code lattice step 1 in two halves, a checkerboard
             of its positions, the second refined by the first's bits
             (:mod:`aribbps.models.first_step_refine`).
-        refine_width, refine_depth: width and residual blocks of that refinement.
+        split_step_1a: also code the first half in two, the second refined.
+        refine_width, refine_depth: width and residual blocks of those refinements.
     """
 
     planes: tuple[int, ...]
@@ -54,10 +60,12 @@ class NetConfig:
     latent_channels: int = 0
     relative_inputs: bool = False
     split_first_step: bool = False
+    split_step_1a: bool = False
     refine_width: int = 32
     refine_depth: int = 2
 
     def __post_init__(self) -> None:
+        _check_splits(self.split_first_step, self.split_step_1a)
         if not self.planes or any(not 1 <= k <= 8 for k in self.planes):
             raise ValueError(f"planes must be a non-empty subset of 1..8, got {self.planes!r}")
         if list(self.planes) != sorted(set(self.planes)):
@@ -107,13 +115,16 @@ class ModelConfig:
     #: False = no latent model: the SIG heads get no latent features and the
     #: model codes every plane from plane and space contexts ("context" mode).
     use_latent: bool = True
-    #: Code each plane's lattice step 1 as a checkerboard in two halves (see
-    #: :class:`NetConfig`); the refinement nets' width and depth.
+    #: Code each plane's lattice step 1 as a checkerboard in two halves, and
+    #: the first half in two again (see :class:`NetConfig`); the refinement
+    #: nets' width and depth.
     split_first_step: bool = False
+    split_step_1a: bool = False
     refine_width: int = 32
     refine_depth: int = 2
 
     def __post_init__(self) -> None:
+        _check_splits(self.split_first_step, self.split_step_1a)
         if not 1 <= self.sig_num <= 7:
             raise ValueError(f"sig_num must be in 1..7, got {self.sig_num!r}")
         if self.n_layers < 1:
@@ -149,6 +160,7 @@ class ModelConfig:
             latent_channels=self.latent_feature_channels,
             relative_inputs=self.relative_inputs,
             split_first_step=self.split_first_step,
+            split_step_1a=self.split_step_1a,
             refine_width=self.refine_width,
             refine_depth=self.refine_depth,
         )
@@ -166,6 +178,7 @@ class ModelConfig:
             latent_channels=0,
             relative_inputs=self.relative_inputs,
             split_first_step=self.split_first_step,
+            split_step_1a=self.split_step_1a,
             refine_width=self.refine_width,
             refine_depth=self.refine_depth,
         )
@@ -273,6 +286,9 @@ CONFIGS["medium"] = dataclasses.replace(
 # ``medium`` with lattice step 1 split into a checkerboard of two halves, the
 # second refined by the first (grown from a trained ``medium`` model).
 CONFIGS["medium-split"] = dataclasses.replace(CONFIGS["medium"], name="medium-split", split_first_step=True)
+# ``medium-split`` with the first half of step 1 split again (grown from a
+# trained ``medium-split`` model).
+CONFIGS["medium-split2"] = dataclasses.replace(CONFIGS["medium-split"], name="medium-split2", split_step_1a=True)
 # ``medium`` with a deeper INS net (planes 5-8 hold most of the bits), grown
 # the same way from a trained ``medium`` model.
 CONFIGS["deep-ins"] = dataclasses.replace(CONFIGS["medium"], name="deep-ins", ins_plane_depth=8, ins_entropy_depth=3)

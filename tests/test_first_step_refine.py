@@ -13,19 +13,20 @@ from aribbps.codec import PlaneCodec, PlaneNets, Stage, coding_stages, teacher_f
 from aribbps.config import ModelConfig, get_config
 from aribbps.models.bitplane_net import build_nets
 from aribbps.models.deepen import deepen, deepening_problem
-from aribbps.models.first_step_refine import first_half_mask
+from aribbps.models.first_step_refine import FirstStepPart, first_step_parts, pattern_mask
 from aribbps.train.trainer import freeze_all_but
 from kernels import HAS_TRITON, interpreter_mode
 from tests.conftest import smooth_images
 
 
-def split_config(base: str = "tiny") -> ModelConfig:
-    return dataclasses.replace(get_config(base), name=f"{base}-split", split_first_step=True, refine_width=8)
+def split_config(base: str = "tiny", twice: bool = False) -> ModelConfig:
+    return dataclasses.replace(get_config(base), name=f"{base}-split", split_first_step=True,
+                               split_step_1a=twice, refine_width=8)
 
 
-def split_nets(base: str = "tiny", seed: int = 0, scale: float = 0.3) -> tuple[PlaneNets, int]:
+def split_nets(base: str = "tiny", seed: int = 0, scale: float = 0.3, twice: bool = False) -> tuple[PlaneNets, int]:
     torch.manual_seed(seed)
-    cfg = split_config(base)
+    cfg = split_config(base, twice)
     sig, ins = build_nets(cfg)
     with torch.no_grad():
         for p in list(sig.parameters()) + list(ins.parameters()):
@@ -44,21 +45,41 @@ def _items(seed: int, n: int) -> list[np.ndarray]:
     return out
 
 
-def test_the_halves_partition_step_1():
-    stages = coding_stages(True)
-    assert [(st.s, st.half) for st in stages] == [(1, 1), (1, 2), (2, 0), (3, 0), (4, 0)]
-    assert coding_stages(False) == tuple(Stage(s) for s in range(1, 5))
+@pytest.mark.parametrize("twice", [False, True])
+def test_the_parts_partition_step_1(twice: bool) -> None:
+    nets, _ = split_nets(twice=twice)
+    stages = coding_stages(nets.ins)
+    names = ["a1", "a2", "b"] if twice else ["a", "b"]
+    assert [(st.s, st.part.name if st.part else None) for st in stages] == \
+        [(1, n) for n in names] + [(2, None), (3, None), (4, None)]
+    plain, _ = arib_free_nets()
+    assert [(st.s, st.whole) for st in coding_stages(plain.ins)] == [(s, True) for s in range(1, 5)]
     valid = torch.zeros(2, 1, 10, 12, dtype=torch.bool)
     valid[0, :, :7, :9] = True
     valid[1] = True
-    a, b = Stage(1, 1).valid(valid), Stage(1, 2).valid(valid)
-    assert not (a & b).any()
-    assert torch.equal(a | b, Stage(1).valid(valid))
-    assert first_half_mask(3, 3)[0, 0].tolist() == [[True, False, True], [False, True, False], [True, False, True]]
+    parts = [st.valid(valid) for st in stages if st.s == 1]
+    assert int(sum(p.sum() for p in parts)) == int(Stage(1).valid(valid).sum())
+    assert torch.equal(torch.stack(parts).any(0), Stage(1).valid(valid))
+    order = first_step_parts(True, twice)
+    for i, part in enumerate(order):  # each refined part reads only parts coded before it
+        if part.known is not None:
+            coded_before = torch.stack([pattern_mask(p.pattern, 6, 6) for p in order[:i]]).any(0)
+            assert not (pattern_mask(part.known, 6, 6) & ~coded_before).any()
+            assert not (pattern_mask(part.known, 6, 6) & pattern_mask(part.pattern, 6, 6)).any()
+    assert pattern_mask("a", 3, 3)[0, 0].tolist() == [[True, False, True], [False, True, False], [True, False, True]]
+    assert pattern_mask("a2", 3, 3)[0, 0].tolist() == [[False, False, False], [False, True, False],
+                                                       [False, False, False]]
 
 
-def test_step_1b_reads_the_1a_bits_and_nothing_of_its_own():
-    nets, _ = split_nets()
+def arib_free_nets() -> tuple[PlaneNets, int]:
+    cfg = get_config("tiny")
+    sig, ins = build_nets(cfg)
+    return PlaneNets(sig.eval(), ins.eval()), cfg.pad_multiple
+
+
+@pytest.mark.parametrize("twice", [False, True])
+def test_a_refined_part_reads_its_known_bits_and_nothing_else(twice: bool) -> None:
+    nets, _ = split_nets(twice=twice)
     net = nets.ins
     x = smooth_images(2, 16, 0)
     k = net.planes[0]
@@ -66,30 +87,36 @@ def test_step_1b_reads_the_1a_bits_and_nothing_of_its_own():
         context = net.plane_context(x, k)
         bits = plane_bits(x, k)
         logits = net.step_logits(k, 1, context, bits)
-        refined = net.refined_logits(k, context, logits, bits)
-        first = first_half_mask(8, 8)
-        flip_b, flip_a = bits.clone(), bits.clone()
-        step_view(flip_b, 1)[:] ^= (~first).to(torch.uint8)
-        step_view(flip_a, 1)[:] ^= first.to(torch.uint8)
-        assert torch.equal(net.refined_logits(k, context, logits, flip_b), refined)
-        changed = net.refined_logits(k, context, logits, flip_a)
-    assert not torch.allclose(changed, refined)
+        for part in net.first_step_parts:
+            if part.refine is None:
+                continue
+            refined = net.refined_logits(k, part, context, logits, bits)
+            known = pattern_mask(part.known, 8, 8)
+            flip_other, flip_known = bits.clone(), bits.clone()
+            step_view(flip_other, 1)[:] ^= (~known).to(torch.uint8)
+            step_view(flip_known, 1)[:] ^= known.to(torch.uint8)
+            assert torch.equal(net.refined_logits(k, part, context, logits, flip_other), refined)
+            assert not torch.allclose(net.refined_logits(k, part, context, logits, flip_known), refined)
+        with pytest.raises(ValueError, match="not refined"):
+            net.refined_logits(k, FirstStepPart("a"), context, logits, bits)
 
 
-@pytest.mark.parametrize("mode,lanes", [("single", 1), ("single", 3), ("dataset", 4)])
-def test_arib_round_trip(mode: str, lanes: int) -> None:
-    nets, multiple = split_nets()
+@pytest.mark.parametrize("mode,lanes,twice", [("single", 1, False), ("single", 3, True), ("dataset", 4, False),
+                                             ("dataset", 2, True)])
+def test_arib_round_trip(mode: str, lanes: int, twice: bool) -> None:
+    nets, multiple = split_nets(twice=twice)
     items = _items(lanes, 13)
     streams, stats = AribCodec(nets, multiple, lanes, mode, threads=2).encode(items)
-    nets2, _ = split_nets()
+    nets2, _ = split_nets(twice=twice)
     decoded = AribCodec(nets2, multiple, lanes, mode, threads=1).decode(
         [i.shape for i in items], streams, stats.qp.tolist(), stats.padding_words.tolist())
     for got, want in zip(decoded, items):
         np.testing.assert_array_equal(got, want)
 
 
-def test_context_codec_round_trip_and_its_accounting() -> None:
-    nets, multiple = split_nets("tiny-context", seed=2, scale=0.1)
+@pytest.mark.parametrize("twice", [False, True])
+def test_context_codec_round_trip_and_its_accounting(twice: bool) -> None:
+    nets, multiple = split_nets("tiny-context", seed=2, scale=0.1, twice=twice)
     items = _items(9, 9)
     codec = PlaneCodec(nets, multiple, 2, threads=1)
     streams, stats = codec.encode(items)
@@ -103,7 +130,7 @@ def test_context_codec_round_trip_and_its_accounting() -> None:
 @pytest.mark.skipif(not (HAS_TRITON and interpreter_mode()), reason="needs triton and TRITON_INTERPRET=1")
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
 def test_round_trip_on_the_triton_path() -> None:
-    nets, multiple = split_nets("tiny-context", seed=3, scale=0.2)
+    nets, multiple = split_nets("tiny-context", seed=3, scale=0.2, twice=True)
     items = _items(4, 2)
     codec = PlaneCodec(nets, multiple, 1, threads=1, kernel_path="triton")
     streams, _ = codec.encode(items)
@@ -111,8 +138,9 @@ def test_round_trip_on_the_triton_path() -> None:
         np.testing.assert_array_equal(got, want)
 
 
-def test_training_cost_is_what_the_coder_is_given():
-    nets, _ = split_nets(seed=4, scale=0.2)
+@pytest.mark.parametrize("twice", [False, True])
+def test_training_cost_is_what_the_coder_is_given(twice: bool) -> None:
+    nets, _ = split_nets(seed=4, scale=0.2, twice=twice)
     valid = torch.ones(3, 1, 16, 16, dtype=torch.bool)
     valid[1, :, 11:] = False
     x = smooth_images(3, 16, 5) * valid
@@ -132,14 +160,23 @@ def test_a_model_grown_into_the_split_config_codes_as_before():
     with torch.no_grad():
         for p in list(sig.parameters()) + list(ins.parameters()):
             p.add_(torch.randn_like(p) * 0.2)
-    target = split_config()
-    assert deepening_problem(base, target) is None
+    target, twice = split_config(), split_config(twice=True)
+    assert deepening_problem(base, target) is None and deepening_problem(target, twice) is None
     assert "split_first_step (True -> False)" in deepening_problem(target, base)
-    assert "refine_width" in deepening_problem(target, dataclasses.replace(target, refine_width=16))
-    grown_sig, grown_ins = deepen(base, (sig, ins), target)
+    assert "split_step_1a (True -> False)" in deepening_problem(twice, target)
+    assert "refine_width" in deepening_problem(target, dataclasses.replace(twice, refine_width=16))
+    _, grown_ins = deepen(base, (sig, ins), target)
+    with torch.no_grad():
+        for p in grown_ins.refine.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+    _, grown_twice = deepen(target, (sig, grown_ins), twice)
     x = smooth_images(2, 16, 1)
     with torch.no_grad():
-        torch.testing.assert_close(grown_ins.eval().plane_costs(x), ins.eval().plane_costs(x))
+        before = ins.eval().plane_costs(x)
+        torch.testing.assert_close(deepen(base, (sig, ins), target)[1].eval().plane_costs(x), before)
+        refined = grown_ins.eval().plane_costs(x)
+        assert not torch.allclose(refined, before)
+        torch.testing.assert_close(grown_twice.eval().plane_costs(x), refined)
 
 
 def test_train_only_freezes_everything_but_the_named_part():

@@ -404,6 +404,27 @@ def test_init_with_a_deeper_config_grows_the_model(
     assert code == 2 and "does not fit --init" in err and "space_width (8 -> 16)" in err
 
 
+def test_train_only_the_refinements_of_a_model_grown_into_a_split_config(
+    tmp_path: Path, images: Path, model_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    split = dataclasses.replace(TINY, name="tiny-context-split", split_first_step=True, refine_width=8)
+    config = tmp_path / "split.json"
+    config.write_text(split.to_json())
+    run = tmp_path / "split"
+    train(_opts(images, run, mode="ins", config=str(config), init=str(model_file), num_iters=3, valid_num=0,
+                train_only="refine", dropout=0.0))
+    cfg, _, out_ins, _ = load_model(run / "final_ins.safetensors")
+    assert cfg == split
+    _, _, init_ins, _ = load_model(model_file)
+    before, after = init_ins.state_dict(), out_ins.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the trunk is as --init had it
+    assert any(k.startswith("refine.") and v.abs().sum() > 0 for k, v in after.items() if "conv_out" in k)
+    code, err = _exit_code(["--mode", "ins", "--config", str(config), "--init", str(model_file), "--data_dir",
+                            str(images), "--save_dir", str(tmp_path / "none"), "--num_iters", "1",
+                            "--train-only", "nothing_like_this"], capsys)
+    assert code == 2 and "no trained parameter" in err
+
+
 def test_ema_exports_and_validates_the_weight_average(images: Path, tmp_path: Path) -> None:
     run = tmp_path / "ema"
     train(_opts(images, run, mode="ins", num_iters=6, valid_interval=6, ema=0.5, dropout=0.0))

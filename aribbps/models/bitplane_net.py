@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from aribbps.bitplanes import NUM_STEPS, known_before, plane_bits, space_prior_quarter, step_view
 from aribbps.config import ModelConfig, NetConfig
 from aribbps.models.entropy_head import EntropyHead
-from aribbps.models.first_step_refine import FirstStepRefine, first_half_mask
+from aribbps.models.first_step_refine import FirstStepPart, FirstStepRefine, first_step_parts, pattern_mask
 from aribbps.models.latent import LatentModel
 from aribbps.models.plane_context import PlaneContext
 from aribbps.models.space_context import SpaceContext
@@ -72,14 +72,19 @@ class BitPlaneNet(nn.Module):
                 space = SpaceContext(cfg.space_width, dropout=dropout) if has_space else None
                 entropy = EntropyHead(in_channels, cfg.entropy_width, cfg.entropy_depth, dropout)
                 self.heads[head_key(k, s, cfg.share)] = StepHead(space, entropy)
-        #: Per plane ``p{k}``: the step-1b refinement of ``split_first_step`` configs.
+        #: The parts step 1 is coded in (:mod:`aribbps.models.first_step_refine`).
+        self.first_step_parts = first_step_parts(cfg.split_first_step, cfg.split_step_1a)
+        #: Per plane ``p{k}``: the step-1b refinement (``split_first_step``)
+        #: and the step-1a2 one (``split_step_1a``).
         self.refine: nn.ModuleDict | None = None
-        if cfg.split_first_step:
-            features = cfg.plane_width + cfg.latent_channels
-            self.refine = nn.ModuleDict({
-                f"p{k}": FirstStepRefine(features, cfg.refine_width, cfg.refine_depth, dropout)
-                for k in self.planes
-            })
+        self.refine_a: nn.ModuleDict | None = None
+        features = cfg.plane_width + cfg.latent_channels
+        for part in self.first_step_parts:
+            if part.refine is not None:
+                setattr(self, part.refine, nn.ModuleDict({
+                    f"p{k}": FirstStepRefine(features, cfg.refine_width, cfg.refine_depth, dropout)
+                    for k in self.planes
+                }))
 
     def head(self, k: int, s: int) -> StepHead:
         if k not in self.planes:
@@ -133,26 +138,31 @@ class BitPlaneNet(nn.Module):
         return head.entropy(torch.cat(parts, dim=1), valid_q)
 
     def refined_logits(
-        self, k: int, context: Tensor, logits: Tensor, plane_bits: Tensor,
+        self, k: int, part: FirstStepPart, context: Tensor, logits: Tensor, plane_bits: Tensor,
         valid: Tensor | None = None, latent: Tensor | None = None,
     ) -> Tensor:
-        """Logits of step 1b of plane ``k`` (``split_first_step`` configs).
+        """Logits of a refined part of step 1 of plane ``k`` (split configs).
 
         Args:
+            part: one of :attr:`first_step_parts` with a refinement.
             context, valid, latent: as :meth:`step_logits`.
             logits: (B, 6, H/2, W/2) the step-1 logits of plane ``k``.
             plane_bits: (B, 3, H, W) uint8 bits of plane ``k``; only the
-                step-1a positions (:func:`first_half_mask`) are read.
+                step-1 positions of ``part.known`` are read.
 
         Returns:
-            (B, 6, H/2, W/2); only the step-1b positions are meant to be used.
+            (B, 6, H/2, W/2); only the part's positions are meant to be used.
         """
-        if self.refine is None:
-            raise ValueError("this network does not split lattice step 1 (split_first_step is false)")
+        if part not in self.first_step_parts or part.refine is None or part.known is None:
+            raise ValueError(f"step-1 part {part.name!r} is not refined by this network")
         self.head(k, 1)  # checks k
         features = torch.cat([step_view(context, 1), *self._latent_part(latent, 1)], dim=1)
-        valid_q = step_view(valid, 1) if valid is not None else None
-        return self.refine[f"p{k}"](features, logits, step_view(plane_bits, 1), valid_q)
+        batch, _, height, width = logits.shape
+        known = pattern_mask(part.known, height, width, logits.device).expand(batch, 1, height, width)
+        if valid is not None:
+            known = known & step_view(valid, 1)
+        refine = getattr(self, part.refine)[f"p{k}"]
+        return refine(features, logits, step_view(plane_bits, 1), known)
 
     def plane_costs(self, x: Tensor, valid: Tensor | None = None, latent: Tensor | None = None) -> Tensor:
         """Bits (−log2 likelihood) of each plane of ``x``, teacher forced.
@@ -178,7 +188,7 @@ class BitPlaneNet(nn.Module):
                 cost = context.new_zeros(batch)
                 for s in range(1, NUM_STEPS + 1):
                     logits = self.step_logits(k, s, context, bits, valid, latent)
-                    if s == 1 and self.refine is not None:
+                    if s == 1 and self.refine is not None:  # step 1 in parts
                         cost = cost + self._first_step_cost(k, logits, context, bits, valid, latent)
                     else:
                         cost = cost + _step_cost(logits, bits, valid, s)
@@ -240,13 +250,18 @@ class BitPlaneNet(nn.Module):
     def _first_step_cost(
         self, k: int, logits: Tensor, context: Tensor, bits: Tensor, valid: Tensor | None, latent: Tensor | None
     ) -> Tensor:
-        """Bits of step 1 coded in two halves: 1a with ``logits``, 1b refined."""
+        """Bits of step 1 coded in its parts: the first with ``logits``, the others refined."""
         batch, _, height, width = logits.shape
-        first = first_half_mask(height, width, logits.device).expand(batch, 1, height, width)
-        valid_q = step_view(valid, 1) if valid is not None else torch.ones_like(first)
-        refined = self.refined_logits(k, context, logits, bits, valid, latent)
         step_bits = step_view(bits, 1)
-        return bits_cost(logits, step_bits, first & valid_q) + bits_cost(refined, step_bits, ~first & valid_q)
+        cost = logits.new_zeros(batch)
+        for part in self.first_step_parts:
+            coded = pattern_mask(part.pattern, height, width, logits.device).expand(batch, 1, height, width)
+            if valid is not None:
+                coded = coded & step_view(valid, 1)
+            part_logits = logits if part.refine is None else self.refined_logits(
+                k, part, context, logits, bits, valid, latent)
+            cost = cost + bits_cost(part_logits, step_bits, coded)
+        return cost
 
 
 def _step_cost(logits: Tensor, bits: Tensor, valid: Tensor | None, s: int) -> Tensor:

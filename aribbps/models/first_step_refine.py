@@ -1,23 +1,30 @@
-"""Split first lattice step: a checkerboard of step 1, the second half refined.
+"""Split first lattice step: step 1 coded in parts, the later parts refined.
 
 Step 1 of a plane (the (0, 0) parity, a quarter of the pixels) sees no bit
 of its own plane: on smooth images it costs 2-4x what the later steps cost
 per bit. With ``split_first_step`` the step-1 positions are coded in two
-halves, a checkerboard of the quarter grid::
+halves, a checkerboard of the quarter grid; with ``split_step_1a`` as well,
+the first half is itself coded in two (its even and its odd rows)::
 
-    quarter grid   a b a b        step 1a: positions a, with the step-1 logits
-                   b a b a        step 1b: positions b, with the step-1 logits
-                   a b a b                 + FirstStepRefine(features, bits at a)
+    quarter grid     split_first_step        + split_step_1a
+    (step 1 only)    a b a b                 1 b 1 b
+                     b a b a                 b 2 b 2
+                     a b a b                 1 b 1 b
 
-Each 1b position then has four 1a neighbours of its own plane at distance 2
-in the image. The refinement adds a correction to the step-1 logits; it
-reads the step-1 features the head read (plane context and latent at the
-step-1 positions), the head's logits, and the signs of the 1a bits (zero
-at 1b and invalid positions) with the mask of what is known. Its output
-convolution starts at zero, so a model grown into a split config
+    1a / 1a1: the step-1 head's logits, no bit of the plane known
+    1a2:      + refine_a(features, the 1a1 bits): four diagonal 1a1 neighbours
+    1b:       + refine(features, the 1a bits): four 1a neighbours at distance 2
+
+Each refinement (:class:`FirstStepRefine`, one per plane) adds a correction
+to the step-1 logits. It reads the step-1 features the head read (plane
+context and latent at the step-1 positions), the head's logits, the signs
+of the known bits of step 1 (zero elsewhere) and the mask of what is known.
+Its output convolution starts at zero, so a model grown into a split config
 (:mod:`aribbps.models.deepen`) codes exactly as before until it is trained.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -25,19 +32,64 @@ from torch import Tensor, nn
 from aribbps.models.entropy_head import NUM_LOGITS
 from aribbps.models.layers import ResBlock, activation, conv3x3, zero_init
 
-#: Channels the refinement reads besides the features: logits, 1a signs, known mask.
+#: Channels the refinement reads besides the features: logits, known signs, known mask.
 EXTRA_CHANNELS = NUM_LOGITS + 3 + 1
 
 
-def first_half_mask(height: int, width: int, device: torch.device | str | None = None) -> Tensor:
-    """(1, 1, h, w) bool on the quarter grid: True at step 1a (row + column even)."""
+def pattern_mask(pattern: str, height: int, width: int, device: torch.device | str | None = None) -> Tensor:
+    """(1, 1, h, w) bool on the quarter grid of step 1.
+
+    ``pattern``: "all"; "a" (row + column even) and "b" (odd), the halves of
+    ``split_first_step``; "a1" (row and column even) and "a2" (both odd), the
+    halves of "a" that ``split_step_1a`` codes apart.
+    """
     rows = torch.arange(height, device=device)[:, None]
     cols = torch.arange(width, device=device)[None, :]
-    return ((rows + cols) % 2 == 0)[None, None]
+    if pattern == "all":
+        mask = torch.ones(height, width, dtype=torch.bool, device=device)
+    elif pattern in ("a", "b"):
+        mask = (rows + cols) % 2 == (0 if pattern == "a" else 1)
+    elif pattern in ("a1", "a2"):
+        parity = 0 if pattern == "a1" else 1
+        mask = (rows % 2 == parity) & (cols % 2 == parity)
+    else:
+        raise ValueError(f"unknown step-1 pattern {pattern!r}")
+    return mask[None, None]
+
+
+@dataclass(frozen=True)
+class FirstStepPart:
+    """One part of step 1, coded as one stage.
+
+    Attributes:
+        name: "" (step 1 whole), "a", "b", "a1" or "a2".
+        known: the pattern of the step-1 bits it reads, None for none.
+        refine: the network attribute holding its refinements ("refine",
+            "refine_a"), None for the step-1 logits as they are.
+    """
+
+    name: str
+    known: str | None = None
+    refine: str | None = None
+
+    @property
+    def pattern(self) -> str:
+        """The positions it codes (:func:`pattern_mask`)."""
+        return self.name or "all"
+
+
+def first_step_parts(split_first_step: bool, split_step_1a: bool) -> tuple[FirstStepPart, ...]:
+    """The parts of step 1 in coding order."""
+    if not split_first_step:
+        return (FirstStepPart(""),)
+    second = FirstStepPart("b", known="a", refine="refine")
+    if not split_step_1a:
+        return FirstStepPart("a"), second
+    return FirstStepPart("a1"), FirstStepPart("a2", known="a1", refine="refine_a"), second
 
 
 class FirstStepRefine(nn.Module):
-    """Logit correction at the step-1b positions of one plane.
+    """Logit correction of one plane at the positions of a later part of step 1.
 
     Args:
         feature_channels: channels of the step-1 features (plane context + latent).
@@ -52,20 +104,16 @@ class FirstStepRefine(nn.Module):
         self.act = activation()
         self.conv_out = zero_init(conv3x3(width, NUM_LOGITS))
 
-    def forward(self, features: Tensor, logits: Tensor, step_bits: Tensor, valid_q: Tensor | None) -> Tensor:
-        """Refined logits (B, 6, h, w), meant for the 1b positions only.
+    def forward(self, features: Tensor, logits: Tensor, step_bits: Tensor, known: Tensor) -> Tensor:
+        """Refined logits (B, 6, h, w), meant for the part's positions only.
 
         Args:
             features: (B, C, h, w) step-1 features (context and latent views).
             logits: (B, 6, h, w) the step-1 head's logits.
             step_bits: (B, 3, h, w) the plane's bits at the step-1 positions;
-                only the 1a positions are read.
-            valid_q: (B, 1, h, w) bool at the step-1 positions, or None.
+                only the ``known`` ones are read.
+            known: (B, 1, h, w) bool, the known (and valid) positions.
         """
-        batch, _, height, width = logits.shape
-        known = first_half_mask(height, width, logits.device).expand(batch, 1, height, width)
-        if valid_q is not None:
-            known = known & valid_q
         dtype = self.conv_in.weight.dtype
         known_f = known.to(dtype)
         # where, not a product: the decoder's unknown bits are 0, the
