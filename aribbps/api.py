@@ -25,6 +25,7 @@ from aribbps.atomic import atomic_directory, atomic_write_bytes
 from aribbps.arib import ARIB_MODES, AribCodec, AribStats
 from aribbps.codec import CodingStats, PlaneCodec
 from aribbps.coder import NotEnoughBitsError, StreamError
+from aribbps import cpu_threads
 from aribbps.container import Archive, ImageRecord, check_model, encode_archive, name_from_file, read_archive
 from aribbps.errors import ArchiveError, AribError, ChecksumError, ImageFormatError
 from aribbps.imageio import (MODE_CHANNELS, LoadedImage, join_alpha, load_image, output_name, pixel_checksum,
@@ -196,6 +197,7 @@ def encode_images(images: Sequence[LoadedImage], model: LoadedModel, lanes: int 
                       records, streams, name_from_file=name_from_file)
     if n_groups > 1:
         archive.extra[GROUPS_KEY] = n_groups
+    cpu_threads.record(archive.extra, model.device.type)
     if isinstance(stats, AribStats):
         _record_side_info(archive, refs, stats)
     data = encode_archive(archive)
@@ -375,7 +377,8 @@ def decode_archive_images(archive: Archive, model: LoadedModel, threads: int = 0
         path = dispatch.check_kernel_path(archive.kernel_path, model.device)
     except dispatch.KernelPathError as exc:
         raise ArchiveError(str(exc)) from None
-    items = _decode_items(archive, model, refs, threads, path, progress)
+    with cpu_threads.matching(archive.extra, archive.device_kind):
+        items = _decode_items(archive, model, refs, threads, path, progress)
     return _assemble(archive, refs, items)
 
 

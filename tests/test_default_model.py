@@ -5,22 +5,30 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-from aribbps import api, zoo
+from aribbps import api, cpu_threads, zoo
 from aribbps.baselines import available_codecs, measure
 from aribbps.cli import EXIT_OK, main
 from aribbps.container import decode_archive
-from aribbps.errors import ChecksumError
+from aribbps.errors import ArchiveError, ChecksumError
 from aribbps.imageio import load_image
 from aribbps.weights import load_model
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 SMALL_SAMPLES = sorted(SAMPLES.glob("*_64.png"))
+DATA = Path(__file__).resolve().parent / "data"
 
 
 @pytest.fixture(scope="module")
 def default_model() -> zoo.LoadedModel:
     return zoo.load()
+
+
+@pytest.fixture(scope="module")
+def version_2_model() -> zoo.LoadedModel:
+    """The default model until 2026-11-25 (weights 64b98bad...), which wrote the version-2 test files."""
+    return zoo.load(DATA / "model_64b98bad.safetensors")
 
 
 def test_the_default_model_is_the_file_in_the_package(default_model: zoo.LoadedModel) -> None:
@@ -61,11 +69,12 @@ def test_the_cli_uses_the_default_model_without_model(tmp_path: Path) -> None:
     ("v2_single.arib", ["ColdRipple_planks_64.png"]),
     ("v2_dataset.arib", ["FreshFlower_edge_64.png", "Blinds_veins_64.png"]),
 ])
-def test_version_2_files_of_the_default_model_still_decode(default_model: zoo.LoadedModel, name: str,
-                                                          sources: list[str]) -> None:
-    """Files written by the version-2 codec (unsealed lanes, stack layout 1, per-image checksums),
-    kept in tests/data, decode to the samples; a flipped pixel checksum is still caught."""
-    archive = decode_archive((Path(__file__).parent / "data" / name).read_bytes())
+def test_version_2_files_still_decode(version_2_model: zoo.LoadedModel, name: str, sources: list[str]) -> None:
+    """Files written by the version-2 codec (unsealed lanes, stack layout 1, per-image checksums)
+    with the default model of then, kept in tests/data with that model, decode to the samples;
+    a flipped pixel checksum is still caught."""
+    default_model = version_2_model
+    archive = decode_archive((DATA / name).read_bytes())
     assert not archive.sealed_lanes and all(r.checksum is not None for r in archive.images)
     assert all(stream[0] == 1 for stream in archive.lane_streams)  # stack layout 1
     decoded = api.decode_archive_images(archive, default_model)
@@ -75,3 +84,24 @@ def test_version_2_files_of_the_default_model_still_decode(default_model: zoo.Lo
     archive.images[0].checksum = bytes(8)
     with pytest.raises(ChecksumError, match="checksum mismatch"):
         api.decode_archive_images(archive, default_model)
+
+
+def test_a_file_decodes_with_another_intra_op_thread_count(default_model: zoo.LoadedModel) -> None:
+    """The encoder's thread count is recorded and matched: oneDNN's CPU convolutions round
+    differently with 1 and 2 threads, which used to make such a file undecodable."""
+    image = api.load_images([SMALL_SAMPLES[1]])[0]
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        archive = decode_archive(api.encode_images([image], default_model, lanes=1).data)
+        assert archive.extra[cpu_threads.EXTRA_KEY] == 2
+        torch.set_num_threads(1)
+        (decoded,) = api.decode_archive_images(archive, default_model)
+        assert torch.get_num_threads() == 1  # restored after decoding
+    finally:
+        torch.set_num_threads(before)
+    np.testing.assert_array_equal(decoded.pixels, image.pixels)
+    for bad in (0, True, "2", cpu_threads.MAX_THREADS + 1):
+        archive.extra[cpu_threads.EXTRA_KEY] = bad
+        with pytest.raises(ArchiveError, match="CPU thread count"):
+            api.decode_archive_images(archive, default_model)
