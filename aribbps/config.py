@@ -21,9 +21,11 @@ from typing import Any, Mapping
 PLANE_CONTEXT_MULTIPLE = 2
 
 
-def _check_splits(split_first_step: bool, split_step_1a: bool) -> None:
+def _check_splits(split_first_step: bool, split_step_1a: bool, split_step_1a1: bool) -> None:
     if split_step_1a and not split_first_step:
         raise ValueError("split_step_1a splits the first half of step 1: it needs split_first_step")
+    if split_step_1a1 and not split_step_1a:
+        raise ValueError("split_step_1a1 splits part 1a1 of step 1: it needs split_step_1a")
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ class NetConfig:
             of its positions, the second refined by the first's bits
             (:mod:`aribbps.models.first_step_refine`).
         split_step_1a: also code the first half in two, the second refined.
+        split_step_1a1: also code the first of those in two, the second refined.
         refine_width, refine_depth: width and residual blocks of those refinements.
     """
 
@@ -61,11 +64,12 @@ class NetConfig:
     relative_inputs: bool = False
     split_first_step: bool = False
     split_step_1a: bool = False
+    split_step_1a1: bool = False
     refine_width: int = 32
     refine_depth: int = 2
 
     def __post_init__(self) -> None:
-        _check_splits(self.split_first_step, self.split_step_1a)
+        _check_splits(self.split_first_step, self.split_step_1a, self.split_step_1a1)
         if not self.planes or any(not 1 <= k <= 8 for k in self.planes):
             raise ValueError(f"planes must be a non-empty subset of 1..8, got {self.planes!r}")
         if list(self.planes) != sorted(set(self.planes)):
@@ -115,16 +119,17 @@ class ModelConfig:
     #: False = no latent model: the SIG heads get no latent features and the
     #: model codes every plane from plane and space contexts ("context" mode).
     use_latent: bool = True
-    #: Code each plane's lattice step 1 as a checkerboard in two halves, and
-    #: the first half in two again (see :class:`NetConfig`); the refinement
-    #: nets' width and depth.
+    #: Code each plane's lattice step 1 as a checkerboard in two halves, the
+    #: first half in two again, and the first of those in two again (see
+    #: :class:`NetConfig`); the refinement nets' width and depth.
     split_first_step: bool = False
     split_step_1a: bool = False
+    split_step_1a1: bool = False
     refine_width: int = 32
     refine_depth: int = 2
 
     def __post_init__(self) -> None:
-        _check_splits(self.split_first_step, self.split_step_1a)
+        _check_splits(self.split_first_step, self.split_step_1a, self.split_step_1a1)
         if not 1 <= self.sig_num <= 7:
             raise ValueError(f"sig_num must be in 1..7, got {self.sig_num!r}")
         if self.n_layers < 1:
@@ -161,6 +166,7 @@ class ModelConfig:
             relative_inputs=self.relative_inputs,
             split_first_step=self.split_first_step,
             split_step_1a=self.split_step_1a,
+            split_step_1a1=self.split_step_1a1,
             refine_width=self.refine_width,
             refine_depth=self.refine_depth,
         )
@@ -179,6 +185,7 @@ class ModelConfig:
             relative_inputs=self.relative_inputs,
             split_first_step=self.split_first_step,
             split_step_1a=self.split_step_1a,
+            split_step_1a1=self.split_step_1a1,
             refine_width=self.refine_width,
             refine_depth=self.refine_depth,
         )
@@ -289,6 +296,7 @@ CONFIGS["medium-split"] = dataclasses.replace(CONFIGS["medium"], name="medium-sp
 # ``medium-split`` with the first half of step 1 split again (grown from a
 # trained ``medium-split`` model).
 CONFIGS["medium-split2"] = dataclasses.replace(CONFIGS["medium-split"], name="medium-split2", split_step_1a=True)
+CONFIGS["medium-split3"] = dataclasses.replace(CONFIGS["medium-split2"], name="medium-split3", split_step_1a1=True)
 # ``medium`` with a deeper INS net (planes 5-8 hold most of the bits), grown
 # the same way from a trained ``medium`` model.
 CONFIGS["deep-ins"] = dataclasses.replace(CONFIGS["medium"], name="deep-ins", ins_plane_depth=8, ins_entropy_depth=3)

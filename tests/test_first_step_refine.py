@@ -19,14 +19,15 @@ from kernels import HAS_TRITON, interpreter_mode
 from tests.conftest import smooth_images
 
 
-def split_config(base: str = "tiny", twice: bool = False) -> ModelConfig:
-    return dataclasses.replace(get_config(base), name=f"{base}-split", split_first_step=True,
-                               split_step_1a=twice, refine_width=8)
+def split_config(base: str = "tiny", levels: int = 1) -> ModelConfig:
+    """``levels`` 1-3: split_first_step, + split_step_1a, + split_step_1a1."""
+    return dataclasses.replace(get_config(base), name=f"{base}-split{levels}", split_first_step=True,
+                               split_step_1a=levels >= 2, split_step_1a1=levels >= 3, refine_width=8)
 
 
-def split_nets(base: str = "tiny", seed: int = 0, scale: float = 0.3, twice: bool = False) -> tuple[PlaneNets, int]:
+def split_nets(base: str = "tiny", seed: int = 0, scale: float = 0.3, levels: int = 1) -> tuple[PlaneNets, int]:
     torch.manual_seed(seed)
-    cfg = split_config(base, twice)
+    cfg = split_config(base, levels)
     sig, ins = build_nets(cfg)
     with torch.no_grad():
         for p in list(sig.parameters()) + list(ins.parameters()):
@@ -45,11 +46,11 @@ def _items(seed: int, n: int) -> list[np.ndarray]:
     return out
 
 
-@pytest.mark.parametrize("twice", [False, True])
-def test_the_parts_partition_step_1(twice: bool) -> None:
-    nets, _ = split_nets(twice=twice)
+@pytest.mark.parametrize("levels", [1, 2, 3])
+def test_the_parts_partition_step_1(levels: int) -> None:
+    nets, _ = split_nets(levels=levels)
     stages = coding_stages(nets.ins)
-    names = ["a1", "a2", "b"] if twice else ["a", "b"]
+    names = {1: ["a", "b"], 2: ["a1", "a2", "b"], 3: ["a1a", "a1b", "a2", "b"]}[levels]
     assert [(st.s, st.part.name if st.part else None) for st in stages] == \
         [(1, n) for n in names] + [(2, None), (3, None), (4, None)]
     plain, _ = arib_free_nets()
@@ -60,7 +61,7 @@ def test_the_parts_partition_step_1(twice: bool) -> None:
     parts = [st.valid(valid) for st in stages if st.s == 1]
     assert int(sum(p.sum() for p in parts)) == int(Stage(1).valid(valid).sum())
     assert torch.equal(torch.stack(parts).any(0), Stage(1).valid(valid))
-    order = first_step_parts(True, twice)
+    order = first_step_parts(True, levels >= 2, levels >= 3)
     for i, part in enumerate(order):  # each refined part reads only parts coded before it
         if part.known is not None:
             coded_before = torch.stack([pattern_mask(p.pattern, 6, 6) for p in order[:i]]).any(0)
@@ -77,9 +78,9 @@ def arib_free_nets() -> tuple[PlaneNets, int]:
     return PlaneNets(sig.eval(), ins.eval()), cfg.pad_multiple
 
 
-@pytest.mark.parametrize("twice", [False, True])
-def test_a_refined_part_reads_its_known_bits_and_nothing_else(twice: bool) -> None:
-    nets, _ = split_nets(twice=twice)
+@pytest.mark.parametrize("levels", [1, 2, 3])
+def test_a_refined_part_reads_its_known_bits_and_nothing_else(levels: int) -> None:
+    nets, _ = split_nets(levels=levels)
     net = nets.ins
     x = smooth_images(2, 16, 0)
     k = net.planes[0]
@@ -101,22 +102,22 @@ def test_a_refined_part_reads_its_known_bits_and_nothing_else(twice: bool) -> No
             net.refined_logits(k, FirstStepPart("a"), context, logits, bits)
 
 
-@pytest.mark.parametrize("mode,lanes,twice", [("single", 1, False), ("single", 3, True), ("dataset", 4, False),
-                                             ("dataset", 2, True)])
-def test_arib_round_trip(mode: str, lanes: int, twice: bool) -> None:
-    nets, multiple = split_nets(twice=twice)
+@pytest.mark.parametrize("mode,lanes,levels", [("single", 1, 1), ("single", 3, 2), ("dataset", 4, 1),
+                                              ("dataset", 2, 2), ("single", 2, 3), ("dataset", 3, 3)])
+def test_arib_round_trip(mode: str, lanes: int, levels: int) -> None:
+    nets, multiple = split_nets(levels=levels)
     items = _items(lanes, 13)
     streams, stats = AribCodec(nets, multiple, lanes, mode, threads=2).encode(items)
-    nets2, _ = split_nets(twice=twice)
+    nets2, _ = split_nets(levels=levels)
     decoded = AribCodec(nets2, multiple, lanes, mode, threads=1).decode(
         [i.shape for i in items], streams, stats.qp.tolist(), stats.padding_words.tolist())
     for got, want in zip(decoded, items):
         np.testing.assert_array_equal(got, want)
 
 
-@pytest.mark.parametrize("twice", [False, True])
-def test_context_codec_round_trip_and_its_accounting(twice: bool) -> None:
-    nets, multiple = split_nets("tiny-context", seed=2, scale=0.1, twice=twice)
+@pytest.mark.parametrize("levels", [1, 2, 3])
+def test_context_codec_round_trip_and_its_accounting(levels: int) -> None:
+    nets, multiple = split_nets("tiny-context", seed=2, scale=0.1, levels=levels)
     items = _items(9, 9)
     codec = PlaneCodec(nets, multiple, 2, threads=1)
     streams, stats = codec.encode(items)
@@ -130,7 +131,7 @@ def test_context_codec_round_trip_and_its_accounting(twice: bool) -> None:
 @pytest.mark.skipif(not (HAS_TRITON and interpreter_mode()), reason="needs triton and TRITON_INTERPRET=1")
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
 def test_round_trip_on_the_triton_path() -> None:
-    nets, multiple = split_nets("tiny-context", seed=3, scale=0.2, twice=True)
+    nets, multiple = split_nets("tiny-context", seed=3, scale=0.2, levels=3)
     items = _items(4, 2)
     codec = PlaneCodec(nets, multiple, 1, threads=1, kernel_path="triton")
     streams, _ = codec.encode(items)
@@ -138,9 +139,9 @@ def test_round_trip_on_the_triton_path() -> None:
         np.testing.assert_array_equal(got, want)
 
 
-@pytest.mark.parametrize("twice", [False, True])
-def test_training_cost_is_what_the_coder_is_given(twice: bool) -> None:
-    nets, _ = split_nets(seed=4, scale=0.2, twice=twice)
+@pytest.mark.parametrize("levels", [1, 2, 3])
+def test_training_cost_is_what_the_coder_is_given(levels: int) -> None:
+    nets, _ = split_nets(seed=4, scale=0.2, levels=levels)
     valid = torch.ones(3, 1, 16, 16, dtype=torch.bool)
     valid[1, :, 11:] = False
     x = smooth_images(3, 16, 5) * valid
@@ -160,16 +161,19 @@ def test_a_model_grown_into_the_split_config_codes_as_before():
     with torch.no_grad():
         for p in list(sig.parameters()) + list(ins.parameters()):
             p.add_(torch.randn_like(p) * 0.2)
-    target, twice = split_config(), split_config(twice=True)
+    target, twice, thrice = split_config(), split_config(levels=2), split_config(levels=3)
     assert deepening_problem(base, target) is None and deepening_problem(target, twice) is None
+    assert deepening_problem(twice, thrice) is None
     assert "split_first_step (True -> False)" in deepening_problem(target, base)
     assert "split_step_1a (True -> False)" in deepening_problem(twice, target)
+    assert "split_step_1a1 (True -> False)" in deepening_problem(thrice, twice)
     assert "refine_width" in deepening_problem(target, dataclasses.replace(twice, refine_width=16))
     _, grown_ins = deepen(base, (sig, ins), target)
     with torch.no_grad():
         for p in grown_ins.refine.parameters():
             p.add_(torch.randn_like(p) * 0.2)
     _, grown_twice = deepen(target, (sig, grown_ins), twice)
+    _, grown_thrice = deepen(twice, (sig, grown_twice), thrice)
     x = smooth_images(2, 16, 1)
     with torch.no_grad():
         before = ins.eval().plane_costs(x)
@@ -177,6 +181,7 @@ def test_a_model_grown_into_the_split_config_codes_as_before():
         refined = grown_ins.eval().plane_costs(x)
         assert not torch.allclose(refined, before)
         torch.testing.assert_close(grown_twice.eval().plane_costs(x), refined)
+        torch.testing.assert_close(grown_thrice.eval().plane_costs(x), refined)
 
 
 def test_train_only_freezes_everything_but_the_named_part():

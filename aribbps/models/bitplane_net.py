@@ -73,11 +73,12 @@ class BitPlaneNet(nn.Module):
                 entropy = EntropyHead(in_channels, cfg.entropy_width, cfg.entropy_depth, dropout)
                 self.heads[head_key(k, s, cfg.share)] = StepHead(space, entropy)
         #: The parts step 1 is coded in (:mod:`aribbps.models.first_step_refine`).
-        self.first_step_parts = first_step_parts(cfg.split_first_step, cfg.split_step_1a)
+        self.first_step_parts = first_step_parts(cfg.split_first_step, cfg.split_step_1a, cfg.split_step_1a1)
         #: Per plane ``p{k}``: the step-1b refinement (``split_first_step``)
-        #: and the step-1a2 one (``split_step_1a``).
+        #: the step-1a2 one (``split_step_1a``) and the step-1a1b one (``split_step_1a1``).
         self.refine: nn.ModuleDict | None = None
         self.refine_a: nn.ModuleDict | None = None
+        self.refine_a1: nn.ModuleDict | None = None
         features = cfg.plane_width + cfg.latent_channels
         for part in self.first_step_parts:
             if part.refine is not None:

@@ -4,14 +4,16 @@ Step 1 of a plane (the (0, 0) parity, a quarter of the pixels) sees no bit
 of its own plane: on smooth images it costs 2-4x what the later steps cost
 per bit. With ``split_first_step`` the step-1 positions are coded in two
 halves, a checkerboard of the quarter grid; with ``split_step_1a`` as well,
-the first half is itself coded in two (its even and its odd rows)::
+the first half is itself coded in two (its even and its odd rows), and with
+``split_step_1a1`` the first of those in two again (a checkerboard of it)::
 
     quarter grid     split_first_step        + split_step_1a
     (step 1 only)    a b a b                 1 b 1 b
                      b a b a                 b 2 b 2
                      a b a b                 1 b 1 b
 
-    1a / 1a1: the step-1 head's logits, no bit of the plane known
+    1a / 1a1 / 1a1a: the step-1 head's logits, no bit of the plane known
+    1a1b:     + refine_a1(features, the 1a1a bits): four 1a1a neighbours at distance 4
     1a2:      + refine_a(features, the 1a1 bits): four diagonal 1a1 neighbours
     1b:       + refine(features, the 1a bits): four 1a neighbours at distance 2
 
@@ -41,7 +43,8 @@ def pattern_mask(pattern: str, height: int, width: int, device: torch.device | s
 
     ``pattern``: "all"; "a" (row + column even) and "b" (odd), the halves of
     ``split_first_step``; "a1" (row and column even) and "a2" (both odd), the
-    halves of "a" that ``split_step_1a`` codes apart.
+    halves of "a" that ``split_step_1a`` codes apart; "a1a" and "a1b", the
+    checkerboard of "a1" on its own grid (row/2 + column/2 even or odd).
     """
     rows = torch.arange(height, device=device)[:, None]
     cols = torch.arange(width, device=device)[None, :]
@@ -52,6 +55,8 @@ def pattern_mask(pattern: str, height: int, width: int, device: torch.device | s
     elif pattern in ("a1", "a2"):
         parity = 0 if pattern == "a1" else 1
         mask = (rows % 2 == parity) & (cols % 2 == parity)
+    elif pattern in ("a1a", "a1b"):
+        mask = (rows % 2 == 0) & (cols % 2 == 0) & ((rows // 2 + cols // 2) % 2 == (0 if pattern == "a1a" else 1))
     else:
         raise ValueError(f"unknown step-1 pattern {pattern!r}")
     return mask[None, None]
@@ -62,10 +67,10 @@ class FirstStepPart:
     """One part of step 1, coded as one stage.
 
     Attributes:
-        name: "" (step 1 whole), "a", "b", "a1" or "a2".
+        name: "" (step 1 whole), "a", "b", "a1", "a2", "a1a" or "a1b".
         known: the pattern of the step-1 bits it reads, None for none.
         refine: the network attribute holding its refinements ("refine",
-            "refine_a"), None for the step-1 logits as they are.
+            "refine_a", "refine_a1"), None for the step-1 logits as they are.
     """
 
     name: str
@@ -78,14 +83,18 @@ class FirstStepPart:
         return self.name or "all"
 
 
-def first_step_parts(split_first_step: bool, split_step_1a: bool) -> tuple[FirstStepPart, ...]:
+def first_step_parts(split_first_step: bool, split_step_1a: bool,
+                     split_step_1a1: bool = False) -> tuple[FirstStepPart, ...]:
     """The parts of step 1 in coding order."""
     if not split_first_step:
         return (FirstStepPart(""),)
     second = FirstStepPart("b", known="a", refine="refine")
     if not split_step_1a:
         return FirstStepPart("a"), second
-    return FirstStepPart("a1"), FirstStepPart("a2", known="a1", refine="refine_a"), second
+    fourth = FirstStepPart("a2", known="a1", refine="refine_a")
+    if not split_step_1a1:
+        return FirstStepPart("a1"), fourth, second
+    return FirstStepPart("a1a"), FirstStepPart("a1b", known="a1a", refine="refine_a1"), fourth, second
 
 
 class FirstStepRefine(nn.Module):
