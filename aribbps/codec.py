@@ -451,12 +451,10 @@ def teacher_forced_steps(nets: PlaneNets, x: Tensor, valid: Tensor, latent: Tens
         lat = latent if net.cfg.latent_channels > 0 else None
         first_logits: Tensor | None = None
         for stage in coding_stages(net):
-            if stage.part is not None and stage.part.known is not None:
-                known = bits.clone()  # the step-1 bits of the part's known pattern only
+            known = bits * steps_before_mask(stage.s, height, width, x.device).to(torch.uint8)
+            if stage.part is not None and stage.part.known is not None:  # + the parts of step 1 before it
                 pattern = pattern_mask(stage.part.known, height // 2, width // 2, x.device)
-                step_view(known, 1).mul_(pattern.to(torch.uint8))
-            else:
-                known = bits * steps_before_mask(stage.s, height, width, x.device).to(torch.uint8)
+                step_view(known, 1).copy_(step_view(bits, 1) * pattern.to(torch.uint8))
             probs7, logits = stage_probs7(net, k, stage, context, known, valid, lat, first_logits, kernel_path)
             if stage.s == 1 and first_logits is None:
                 first_logits = logits

@@ -74,7 +74,7 @@ class BitPlaneNet(nn.Module):
                 self.heads[head_key(k, s, cfg.share)] = StepHead(space, entropy)
         #: The parts step 1 is coded in (:mod:`aribbps.models.first_step_refine`).
         self.first_step_parts = first_step_parts(cfg.split_first_step, cfg.split_step_1a, cfg.split_step_1a1)
-        #: Per plane ``p{k}``: the step-1b refinement (``split_first_step``)
+        #: Per plane ``p{k}``: the step-1b refinement (``split_first_step``),
         #: the step-1a2 one (``split_step_1a``) and the step-1a1b one (``split_step_1a1``).
         self.refine: nn.ModuleDict | None = None
         self.refine_a: nn.ModuleDict | None = None
