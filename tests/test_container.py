@@ -558,6 +558,25 @@ def test_the_writer_stores_the_model_id() -> None:
         check_model(got, "tiny", HASH_B)
 
 
+def test_every_model_config_has_a_one_byte_name_code() -> None:
+    """A config missing from MODEL_NAMES would cost each of its files the name in full."""
+    from aribbps.config import CONFIGS
+
+    assert set(CONFIGS) <= set(C.MODEL_NAMES)
+    assert len(set(C.MODEL_NAMES)) == len(C.MODEL_NAMES)
+    a = example_archive()
+    a.model_name = "medium-split2"
+    meta = encode_archive(a)[7 + 8 + 5:]
+    assert meta[1] == C.MODEL_NAMES.index("medium-split2") + 1
+    assert decode_archive(encode_archive(a)).model_name == "medium-split2"
+
+
+def test_a_model_name_spelled_out_still_reads() -> None:
+    """Files written before a config got its code store the name as a string."""
+    spelled = forge(n_images=0, meta=b"\x00" + b"\x00\x0dmedium-split2" + b"\x00")
+    assert decode_archive(spelled).model_name == "medium-split2"
+
+
 def test_docs_state_the_limits() -> None:
     text = DOCS.read_text(encoding="utf-8")
     for value in (C.MAX_LANES, C.MAX_IMAGES, C.MAX_SIDE, C.MAX_PIXELS, C.MAX_NAME_BYTES):
