@@ -34,6 +34,7 @@ from aribbps.lane_groups import EXTRA_KEY as GROUPS_KEY
 from aribbps.lane_groups import (LaneGroup, coder_threads, default_groups, group_streams, merge_stats, plan_groups,
                                  recorded_groups, run_groups, scatter)
 from aribbps.lane_seal import LaneSealError
+from aribbps.probability import WRITTEN_PROB_CODE
 from aribbps.tiling import Tile, assemble, cut_tiles, tile_grid
 from aribbps.zoo import LoadedModel, load, resolve_device
 from kernels import dispatch
@@ -194,7 +195,7 @@ def encode_images(images: Sequence[LoadedImage], model: LoadedModel, lanes: int 
     mode = mode or default_mode(model, len(items))
     streams, stats, kernel_path, n_groups = _encode_items(items, model, mode, lanes, threads, progress, lane_groups)
     archive = Archive(model.name, model.weights_hash, mode, lanes, tile, model.device.type, kernel_path,
-                      records, streams, name_from_file=name_from_file)
+                      records, streams, name_from_file=name_from_file, prob_code=WRITTEN_PROB_CODE)
     if n_groups > 1:
         archive.extra[GROUPS_KEY] = n_groups
     cpu_threads.record(archive.extra, model.device.type)
@@ -237,16 +238,19 @@ def _encode_items(items: Sequence[np.ndarray], model: LoadedModel, mode: str, la
     return streams, stats, codecs[0].kernel_path, len(groups)
 
 
-def _codec(model: LoadedModel, mode: str, lanes: int, threads: int, kernel_path: str | None = None) -> PlaneCodec:
+def _codec(model: LoadedModel, mode: str, lanes: int, threads: int, kernel_path: str | None = None,
+           prob_code: str = WRITTEN_PROB_CODE) -> PlaneCodec:
     if mode not in CODING_MODES:
         raise AribError(f"unknown coding mode {mode!r}; choose one of {', '.join(CODING_MODES)}")
     if mode == CONTEXT_MODE:
         if model.nets.sig.latent is not None:
             raise AribError(f"model {model.name!r} has a latent model: use mode 'single' or 'dataset'")
-        return PlaneCodec(model.nets, model.cfg.pad_multiple, lanes, model.device, threads, kernel_path)
+        return PlaneCodec(model.nets, model.cfg.pad_multiple, lanes, model.device, threads, kernel_path,
+                          prob_code=prob_code)
     if model.nets.sig.latent is None:
         raise AribError(f"model {model.name!r} has no latent model: only mode 'context' is available")
-    return AribCodec(model.nets, model.cfg.pad_multiple, lanes, mode, model.device, threads, kernel_path)
+    return AribCodec(model.nets, model.cfg.pad_multiple, lanes, mode, model.device, threads, kernel_path,
+                     prob_code=prob_code)
 
 
 def _record_side_info(archive: Archive, refs: Sequence[tuple[_ItemRef, tuple[int, int, int]]],
@@ -391,7 +395,8 @@ def _decode_items(archive: Archive, model: LoadedModel, refs: Sequence[tuple[_It
     except ValueError as exc:
         raise ArchiveError(str(exc)) from None
     try:
-        codecs = [_codec(model, archive.mode, g.lanes, coder_threads(threads, groups), kernel_path) for g in groups]
+        codecs = [_codec(model, archive.mode, g.lanes, coder_threads(threads, groups), kernel_path, archive.prob_code)
+                  for g in groups]
     except AribError as exc:
         raise ArchiveError(f"cannot decode this archive: {exc}") from None
     side = _side_info(archive, refs) if isinstance(codecs[0], AribCodec) else None

@@ -58,6 +58,7 @@ from aribbps.coder import LATENT_PRECISION_BITS, LaneCoder, latent_freqs
 from aribbps.latent_math import LATENT_MAX_QP, LATENT_MIN_QP, bin_values
 from aribbps.models.latent import LatentModel
 from aribbps.overlap import prefetched
+from aribbps.probability import WRITTEN_PROB_CODE
 from kernels import dispatch
 
 ARIB_MODES = ("single", "dataset")
@@ -112,14 +113,14 @@ class AribCodec(PlaneCodec):
     Args:
         nets: SIG and INS networks; ``nets.sig.latent`` is the ladder VAE.
         multiple: H and W of every batch are multiples of this (>= 2**n_layers).
-        lanes, device, threads, kernel_path, overlap: as for :class:`aribbps.codec.PlaneCodec`.
+        lanes, device, threads, kernel_path, overlap, prob_code: as for :class:`aribbps.codec.PlaneCodec`.
         mode: "single" or "dataset".
     """
 
     def __init__(self, nets: PlaneNets, multiple: int, lanes: int, mode: str,
                  device: torch.device | str = "cpu", threads: int = 0, kernel_path: str | None = None,
-                 overlap: bool | None = None) -> None:
-        super().__init__(nets, multiple, lanes, device, threads, kernel_path, overlap)
+                 overlap: bool | None = None, prob_code: str = WRITTEN_PROB_CODE) -> None:
+        super().__init__(nets, multiple, lanes, device, threads, kernel_path, overlap, prob_code)
         if mode not in ARIB_MODES:
             raise ValueError(f"unknown ArIB mode {mode!r}; choose one of {', '.join(ARIB_MODES)}")
         if nets.sig.latent is None:
@@ -162,7 +163,7 @@ class AribCodec(PlaneCodec):
         qp: np.ndarray | None = None
         for attempt in range(_MAX_ATTEMPTS):
             if attempt:
-                coder = LaneCoder.from_bytes(snapshot, self.threads)
+                coder = LaneCoder.from_bytes(snapshot, self.threads, self.prob_code)
             before = coder.num_bits()[:n]
             coder.push_padding(self._lane_array(pad, np.int64), self._seeds(rnd))
             self.push_codes(coder, rnd, ins_codes, stats if attempt == 0 else None)
@@ -230,7 +231,7 @@ class AribCodec(PlaneCodec):
         for rnd in plan_rounds(shapes, self.lanes, self.multiple, self.device):
             x = self.round_batch(items, rnd)
             codes = self.plane_codes(x, rnd, self.ins_planes, None, CodingStats.zeros(len(items)))
-            coder = LaneCoder(self.lanes, self.threads)
+            coder = LaneCoder(self.lanes, self.threads, self.prob_code)
             self.push_codes(coder, rnd, codes, None)
             bits = coder.num_bits()[: rnd.size].astype(np.float64)
             initial[rnd.items] = bits

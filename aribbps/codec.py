@@ -38,7 +38,9 @@ from aribbps.lane_seal import check_lane_seals, lane_seals
 from aribbps.models.bitplane_net import BitPlaneNet
 from aribbps.models.first_step_refine import FirstStepPart, pattern_mask
 from aribbps.overlap import default_overlap, prefetched
-from aribbps.probability import P_MAX, P_MIN, coupled_probs
+from aribbps.probability import (
+    P_MAX, P_MIN, WRITTEN_PROB_CODE, coupled_probs, probability_masses, select_probs7,
+)
 from kernels import dispatch
 
 ItemShape = tuple[int, int, int]
@@ -202,6 +204,8 @@ class PlaneCodec:
         device: where the networks run.
         threads: coder threads (0 = one per CPU).
         kernel_path: "torch" or "triton" (default: the device's, :mod:`kernels.dispatch`).
+        prob_code: what the coder's probability bytes mean (``aribbps.probability``);
+            the decoder passes the file's.
         overlap: compute the next round's network work while this one codes
             (:mod:`aribbps.overlap`; default: on CUDA only).
 
@@ -213,7 +217,8 @@ class PlaneCodec:
     """
 
     def __init__(self, nets: PlaneNets, multiple: int, lanes: int, device: torch.device | str = "cpu",
-                 threads: int = 0, kernel_path: str | None = None, overlap: bool | None = None) -> None:
+                 threads: int = 0, kernel_path: str | None = None, overlap: bool | None = None,
+                 prob_code: str = WRITTEN_PROB_CODE) -> None:
         if lanes < 1:
             raise ValueError(f"lanes must be >= 1, got {lanes}")
         self.nets = nets
@@ -224,6 +229,7 @@ class PlaneCodec:
         #: "torch" or "triton": which kernels compute the coder's probabilities.
         #: Encoder and decoder must use the same (the container records it).
         self.kernel_path = kernel_path or dispatch.kernel_path(self.device)
+        self.prob_code = prob_code
         #: Encoder: compute the next round's network work while this round
         #: codes (:mod:`aribbps.overlap`); default on CUDA only.
         self.overlap = default_overlap(self.device) if overlap is None else overlap
@@ -257,7 +263,7 @@ class PlaneCodec:
     def sealed_coder(self, items: Sequence[np.ndarray], plan: Sequence[_Round],
                      ids: Sequence[int] | None) -> LaneCoder:
         """Empty lanes, each sealed with the hash of its items (:mod:`aribbps.lane_seal`)."""
-        coder = LaneCoder(self.lanes, self.threads)
+        coder = LaneCoder(self.lanes, self.threads, self.prob_code)
         coder.seal(lane_seals(items, lane_items(plan, self.lanes), ids))
         return coder
 
@@ -274,7 +280,7 @@ class PlaneCodec:
         theoretical = torch.zeros(rnd.size, dtype=torch.float64, device=self.device)
         codes = []
         for k, stage, probs7, logits, bits in teacher_forced_steps(self.nets, x, rnd.valid, latent, planes,
-                                                                   self.kernel_path):
+                                                                   self.kernel_path, self.prob_code):
             probs7 = dispatch.to_host(probs7)  # the one device-to-host copy of this stage
             s = stage.s
             theoretical += theoretical_cost(logits, step_view(bits, s), stage.valid(rnd.valid), rgb).double()
@@ -309,7 +315,8 @@ class PlaneCodec:
                               + [empty3[:, 0]] * pad,
                               [p[:, 0] if not rgb[j] else empty7[:, 0] for j, p in enumerate(lane_probs)]
                               + [empty7[:, 0]] * pad)
-        return np.array([_quantised_cost(lane_bits[j], lane_probs[j], bool(rgb[j])) for j in range(n)])
+        return np.array([_quantised_cost(lane_bits[j], lane_probs[j], bool(rgb[j]), self.prob_code)
+                         for j in range(n)])
 
     # ------------------------------------------------------------------ decode
     @torch.no_grad()
@@ -342,7 +349,7 @@ class PlaneCodec:
     def open_streams(self, streams: Sequence[bytes]) -> LaneCoder:
         if len(streams) != self.lanes:
             raise ValueError(f"expected {self.lanes} lane streams, got {len(streams)}")
-        return LaneCoder.from_bytes(streams, self.threads)
+        return LaneCoder.from_bytes(streams, self.threads, self.prob_code)
 
     def empty_batch(self, rnd: _Round) -> Tensor:
         return torch.zeros((rnd.size, 3, rnd.height, rnd.width), dtype=torch.uint8, device=self.device)
@@ -380,7 +387,7 @@ class PlaneCodec:
             first_logits: Tensor | None = None
             for stage in coding_stages(net):
                 probs7, logits = stage_probs7(net, k, stage, context, bits, valid, lat, first_logits,
-                                              self.kernel_path)
+                                              self.kernel_path, self.prob_code)
                 if stage.s == 1 and first_logits is None:
                     first_logits = logits
                 step_bits = self._pop(coder, rnd, stage, dispatch.to_host(probs7), rgb)
@@ -410,7 +417,8 @@ class PlaneCodec:
 
 
 def stage_probs7(net: BitPlaneNet, k: int, stage: Stage, context: Tensor, bits: Tensor, valid: Tensor,
-                 latent: Tensor | None, first_logits: Tensor | None, kernel_path: str) -> tuple[Tensor, Tensor]:
+                 latent: Tensor | None, first_logits: Tensor | None, kernel_path: str,
+                 prob_code: str = WRITTEN_PROB_CODE) -> tuple[Tensor, Tensor]:
     """The coder's probabilities and the logits of one (plane, stage).
 
     ``bits`` holds the plane's bits known before the stage (zeros elsewhere).
@@ -424,15 +432,15 @@ def stage_probs7(net: BitPlaneNet, k: int, stage: Stage, context: Tensor, bits: 
         if first_logits is None:
             raise ValueError(f"step-1 part {stage.part.name!r} needs the logits of the first part")
         logits = net.refined_logits(k, stage.part, context, first_logits, bits, valid, latent)
-        return dispatch.quantise_probs7(logits), logits
+        return dispatch.quantise_probs7(logits, prob_code), logits
     probs7, logits = dispatch.step_probs7(net, k, stage.s, context, bits, valid, latent,
-                                          path=kernel_path, return_logits=True)
+                                          path=kernel_path, return_logits=True, prob_code=prob_code)
     return probs7, logits
 
 
 def teacher_forced_steps(nets: PlaneNets, x: Tensor, valid: Tensor, latent: Tensor | None = None,
-                         planes: Iterable[int] = range(1, 9), kernel_path: str = "torch"
-                         ) -> Iterator[tuple[int, Stage, Tensor, Tensor, Tensor]]:
+                         planes: Iterable[int] = range(1, 9), kernel_path: str = "torch",
+                         prob_code: str = WRITTEN_PROB_CODE) -> Iterator[tuple[int, Stage, Tensor, Tensor, Tensor]]:
     """The coder input of every (plane, stage) of padded images ``x``, from the true bits.
 
     Exactly the network calls the decoder makes (same inputs, same shapes,
@@ -455,7 +463,8 @@ def teacher_forced_steps(nets: PlaneNets, x: Tensor, valid: Tensor, latent: Tens
             if stage.part is not None and stage.part.known is not None:  # + the parts of step 1 before it
                 pattern = pattern_mask(stage.part.known, height // 2, width // 2, x.device)
                 step_view(known, 1).copy_(step_view(bits, 1) * pattern.to(torch.uint8))
-            probs7, logits = stage_probs7(net, k, stage, context, known, valid, lat, first_logits, kernel_path)
+            probs7, logits = stage_probs7(net, k, stage, context, known, valid, lat, first_logits, kernel_path,
+                                          prob_code)
             if stage.s == 1 and first_logits is None:
                 first_logits = logits
             yield k, stage, probs7, logits, bits
@@ -479,15 +488,12 @@ def _check_item(item: np.ndarray) -> ItemShape:
     return int(item.shape[0]), int(item.shape[1]), int(item.shape[2])
 
 
-def _quantised_cost(bits: np.ndarray, probs7: np.ndarray, rgb: bool) -> float:
-    """Ideal cost in bits of a lane's step under the quantised probabilities."""
-    q_r = probs7[:, 0].astype(np.int64)
-    r = bits[:, 0].astype(np.int64)
-    masses = [np.where(r == 1, q_r, 256 - q_r)]
-    if rgb:
-        g = bits[:, 1].astype(np.int64)
-        b = bits[:, 2].astype(np.int64)
-        q_g = np.take_along_axis(probs7, (1 + r)[:, None], axis=1)[:, 0].astype(np.int64)
-        q_b = np.take_along_axis(probs7, (3 + 2 * r + g)[:, None], axis=1)[:, 0].astype(np.int64)
-        masses += [np.where(g == 1, q_g, 256 - q_g), np.where(b == 1, q_b, 256 - q_b)]
-    return float(sum((8.0 - np.log2(m.astype(np.float64))).sum() for m in masses))
+def _quantised_cost(bits: np.ndarray, probs7: np.ndarray, rgb: bool, prob_code: str) -> float:
+    """Ideal cost in bits of a lane's stage, ``(m, 3)`` bits and ``(m, 7)`` bytes (only R when not ``rgb``)."""
+    precision, one = probability_masses(prob_code)
+    channels = 3 if rgb else 1
+    b = bits.T[None].astype(np.int64)  # (1, 3, m)
+    b[:, channels:] = 0
+    q = one[select_probs7(probs7[None], b)[0, :channels]].astype(np.int64)
+    mass = np.where(b[0, :channels] == 1, q, (1 << precision) - q)
+    return float((precision - np.log2(mass.astype(np.float64))).sum())

@@ -21,12 +21,15 @@ import numpy as np
 from aribbps import _coder
 from aribbps._coder import NotEnoughBitsError, StreamError
 
-__all__ = ["LaneCoder", "NotEnoughBitsError", "StreamError", "latent_freqs", "LATENT_PRECISION_BITS",
-           "LATENT_D_FRAC_BITS", "LATENT_D_MAX"]
+__all__ = ["LaneCoder", "NotEnoughBitsError", "PROB_CODES", "StreamError", "binary_code_ones", "latent_freqs",
+           "LATENT_PRECISION_BITS", "LATENT_D_FRAC_BITS", "LATENT_D_MAX"]
 
 LATENT_PRECISION_BITS: int = _coder.LATENT_PRECISION_BITS
 LATENT_D_FRAC_BITS: int = _coder.LATENT_D_FRAC_BITS
 LATENT_D_MAX: int = _coder.LATENT_D_MAX
+#: What the binary calls' probability bytes can mean, by the coder's code
+#: (``kernels.entropy_tail.PROB_CODES`` and the container name the same).
+PROB_CODES: tuple[str, ...] = tuple(_coder.PROB_CODES)
 
 PerLane = Union[np.ndarray, Sequence[np.ndarray]]
 
@@ -66,23 +69,39 @@ def _per_lane_param(value: Union[int, Sequence[int], np.ndarray], lanes: int, dt
     return np.ascontiguousarray(array)
 
 
+def binary_code_ones(code: int) -> tuple[int, np.ndarray]:
+    """``(bits, one)`` of the coder's probability code ``code`` (index in
+    :data:`PROB_CODES`): a byte q means P(1) = one[q] / 2^bits."""
+    bits, one = _coder.binary_code_ones(code)
+    return int(bits), np.asarray(one)
+
+
+def _prob_code_index(prob_code: str) -> int:
+    if prob_code not in PROB_CODES:
+        raise ValueError(f"prob_code must be one of {PROB_CODES}, got {prob_code!r}")
+    return PROB_CODES.index(prob_code)
+
+
 class LaneCoder:
     """L parallel rANS stacks; see the module docstring for the conventions.
 
     Args:
         lanes: number of independent stacks.
         threads: worker threads (0 = one per CPU, never more than ``lanes``).
+        prob_code: what the binary calls' probability bytes mean (:data:`PROB_CODES`).
     """
 
-    def __init__(self, lanes: int, threads: int = 0, *, _core: _coder.LaneCoder | None = None) -> None:
-        self._core = _core if _core is not None else _coder.LaneCoder(lanes, threads)
+    def __init__(self, lanes: int, threads: int = 0, prob_code: str = "logit", *,
+                 _core: _coder.LaneCoder | None = None) -> None:
+        self._core = _core if _core is not None else _coder.LaneCoder(lanes, threads, _prob_code_index(prob_code))
 
     @classmethod
-    def from_bytes(cls, streams: Sequence[bytes], threads: int = 0) -> "LaneCoder":
+    def from_bytes(cls, streams: Sequence[bytes], threads: int = 0, prob_code: str = "logit") -> "LaneCoder":
         """Rebuilds lanes from :meth:`to_bytes` output; bad bytes raise StreamError."""
         if len(streams) == 0:
             raise StreamError("no lane streams")
-        return cls(len(streams), threads, _core=_coder.LaneCoder.from_bytes(list(streams), threads))
+        core = _coder.LaneCoder.from_bytes(list(streams), threads, _prob_code_index(prob_code))
+        return cls(len(streams), threads, _core=core)
 
     @property
     def lanes(self) -> int:
@@ -92,7 +111,7 @@ class LaneCoder:
     def threads(self) -> int:
         return self._core.threads
 
-    # -- binary symbols: P(1) = probs / 256, probs in [1, 255] ---------------
+    # -- binary symbols: probs in [1, 255], meaning set by prob_code ---------
     def push_binary(self, bits: PerLane, probs: PerLane) -> None:
         b, offsets = _flatten(bits, self.lanes, (), np.uint8)
         p, offsets_p = _flatten(probs, self.lanes, (), np.uint8)

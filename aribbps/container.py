@@ -92,10 +92,14 @@ _START = struct.Struct("<4sH")  # magic, version: the same in every version
 _CRC = struct.Struct("<I")
 _META_STORED, _META_ZLIB = 0, 1
 #: Version 3's flags byte: bits 0-1 coding mode, 2 device kind, 3 kernel path,
-#: 4 metadata codec, 5 name from the file's (:attr:`Archive.name_from_file`);
-#: the others must be 0.
+#: 4 metadata codec, 5 name from the file's (:attr:`Archive.name_from_file`),
+#: 6 probability code (:attr:`Archive.prob_code`); bit 7 must be 0.
 _V3_NAME_FROM_FILE = 1 << 5
-_V3_UNKNOWN_FLAGS = 0xC0
+_V3_PROB_CODE_SHIFT = 6
+_V3_UNKNOWN_FLAGS = 0x80
+#: What the coder's probability bytes mean (flag bit 6; ``aribbps.probability``).
+#: Version 1-2 files and version-3 files without the bit are "linear".
+PROB_CODES: tuple[str, ...] = ("linear", "logit")
 #: What a name taken from the file's own name is called when there is none.
 UNNAMED_STEM = "image"
 #: Smallest version-2/3 file: prologue with a 1-byte header size, model id,
@@ -156,6 +160,8 @@ class Archive:
         name_from_file: the file holds one image and not its name: a reader
             names it after the ``.arib`` file (:func:`name_from_file`), as
             ``compress img.png`` writes ``img.arib``. Saves the name's bytes.
+        prob_code: what the lane streams' probability bytes mean, one of
+            :data:`PROB_CODES` (the codec writes "logit").
     """
 
     model_name: str
@@ -170,6 +176,7 @@ class Archive:
     extra: dict[str, Any] = field(default_factory=dict)
     sealed_lanes: bool = True
     name_from_file: bool = False
+    prob_code: str = "linear"
 
 
 def name_from_file(file_name: str | None, fmt: str) -> str | None:
@@ -271,10 +278,11 @@ def _encode_meta(a: Archive) -> bytes:
 
 
 def _flags(a: Archive, meta_codec: int) -> int:
-    """The version-3 flags byte: coding mode, device kind, kernel path, metadata codec."""
+    """The version-3 flags byte: coding mode, device kind, kernel path, metadata codec, name, probability code."""
     return (_code(a.mode, CODING_MODES, "mode") | _code(a.device_kind, DEVICE_KINDS, "device_kind") << 2
             | _code(a.kernel_path, KERNEL_PATHS, "kernel_path") << 3 | meta_codec << 4
-            | (_V3_NAME_FROM_FILE if a.name_from_file else 0))
+            | (_V3_NAME_FROM_FILE if a.name_from_file else 0)
+            | _code(a.prob_code, PROB_CODES, "prob_code") << _V3_PROB_CODE_SHIFT)
 
 
 def _check_archive(a: Archive) -> None:
@@ -427,13 +435,13 @@ def _full_name(stored: str, implied: bool, fmt: str, i: int) -> str:
 
 
 def _flag_fields(flags: int) -> dict[str, Any]:
-    """Version 3: coding mode, device kind and kernel path from the flags byte."""
+    """Version 3: coding mode, device kind, kernel path and probability code from the flags byte."""
     if flags & _V3_UNKNOWN_FLAGS:
         raise ArchiveError(f"unsupported flags 0x{flags:02x}: the file uses features this aribbps does not know")
     if flags & 3 >= len(CODING_MODES):
         raise ArchiveError(f"corrupted: unknown coding mode code {flags & 3} (known: {list(CODING_MODES)})")
     return {"mode": CODING_MODES[flags & 3], "device_kind": DEVICE_KINDS[flags >> 2 & 1],
-            "kernel_path": KERNEL_PATHS[flags >> 3 & 1]}
+            "kernel_path": KERNEL_PATHS[flags >> 3 & 1], "prob_code": PROB_CODES[flags >> _V3_PROB_CODE_SHIFT & 1]}
 
 
 def _decode_meta(meta: bytes, n_images: int, checksums: memoryview | None, flags: int | None,

@@ -5,10 +5,11 @@ As a script (prints a table and the ratios, appends JSON rows to bench/results/)
 As pytest-benchmark tests:
     pytest bench/bench_coder.py --benchmark-only
 
-Workloads (DESIGN 1.3/1.5): N binary symbols with random 8-bit probabilities
-on one thread, against constriction's AnsCoder with a per-symbol categorical
-model of the same probabilities; latent bins at qp=10; two lanes on two
-threads against one lane.
+Workloads (DESIGN 1.3/1.5): N binary symbols with random probability bytes
+on one thread, under the logit code files are written with and under the
+linear code of older files (q / 256), against constriction's AnsCoder with a
+per-symbol categorical model of the linear code's probabilities; latent bins
+at qp=10; two lanes on two threads against one lane.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ import numpy as np
 import pytest
 
 from aribbps.coder import LaneCoder
+from kernels.entropy_tail import PROB_CODES
 
 try:
     import constriction
@@ -48,16 +50,17 @@ def best_of(fn: Callable[[], object], repeats: int) -> float:
     return best
 
 
-def aribbps_binary(bits: np.ndarray, probs: np.ndarray, repeats: int) -> tuple[float, float]:
+def aribbps_binary(bits: np.ndarray, probs: np.ndarray, repeats: int,
+                   prob_code: str = "logit") -> tuple[float, float]:
     stream: list[bytes] = []
 
     def encode() -> None:
-        coder = LaneCoder(1, 1)
+        coder = LaneCoder(1, 1, prob_code)
         coder.push_binary(bits[None], probs[None])
         stream[:] = coder.to_bytes()
 
     def decode() -> None:
-        out = LaneCoder.from_bytes(stream, 1).pop_binary(probs[None])
+        out = LaneCoder.from_bytes(stream, 1, prob_code).pop_binary(probs[None])
         assert np.array_equal(out[0], bits)
 
     return best_of(encode, repeats), best_of(decode, repeats)
@@ -115,6 +118,9 @@ def run(n: int, repeats: int) -> dict:
     bits, probs = binary_workload(n)
     ours_enc, ours_dec = aribbps_binary(bits, probs, repeats)
     row: dict = {"symbols": n, "aribbps_encode_Msym_s": n / ours_enc / 1e6, "aribbps_decode_Msym_s": n / ours_dec / 1e6}
+    lin_enc, lin_dec = aribbps_binary(bits, probs, repeats, "linear")
+    row.update(linear_encode_Msym_s=n / lin_enc / 1e6, linear_decode_Msym_s=n / lin_dec / 1e6,
+               logit_vs_linear_encode=lin_enc / ours_enc, logit_vs_linear_decode=lin_dec / ours_dec)
     if constriction is not None:
         ref_enc, ref_dec = constriction_binary(bits, probs, repeats)
         row.update(constriction_encode_Msym_s=n / ref_enc / 1e6, constriction_decode_Msym_s=n / ref_dec / 1e6,
@@ -156,9 +162,10 @@ def workload() -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.mark.benchmark(group="binary-encode-1e7")
-def test_encode_aribbps(benchmark, workload) -> None:
+@pytest.mark.parametrize("prob_code", PROB_CODES)
+def test_encode_aribbps(benchmark, workload, prob_code) -> None:
     bits, probs = workload
-    benchmark(lambda: LaneCoder(1, 1).push_binary(bits[None], probs[None]))
+    benchmark(lambda: LaneCoder(1, 1, prob_code).push_binary(bits[None], probs[None]))
 
 
 @pytest.mark.benchmark(group="binary-encode-1e7")
@@ -172,12 +179,13 @@ def test_encode_constriction(benchmark, workload) -> None:
 
 
 @pytest.mark.benchmark(group="binary-decode-1e7")
-def test_decode_aribbps(benchmark, workload) -> None:
+@pytest.mark.parametrize("prob_code", PROB_CODES)
+def test_decode_aribbps(benchmark, workload, prob_code) -> None:
     bits, probs = workload
-    coder = LaneCoder(1, 1)
+    coder = LaneCoder(1, 1, prob_code)
     coder.push_binary(bits[None], probs[None])
     stream = coder.to_bytes()
-    out = benchmark(lambda: LaneCoder.from_bytes(stream, 1).pop_binary(probs[None]))
+    out = benchmark(lambda: LaneCoder.from_bytes(stream, 1, prob_code).pop_binary(probs[None]))
     assert np.array_equal(out[0], bits)
 
 

@@ -1,12 +1,14 @@
-"""What the coder's 8-bit probabilities (DESIGN 1.3) cost against finer ones.
+"""What the coder's quantised probabilities cost against exact ones.
 
     python bench/prob_precision.py DIR [DIR ...] [--model PATH] [--step K] [--bits 8 10 12 16]
 
 For every K-th image of each folder: the model's plane bits per sub-pixel
-with unquantised probabilities (clamped as in training) and with each
-probability of a 1 rounded to ``b`` bits, ``clamp(round(2^b P), 1, 2^b - 1)``
-(at b = 8 exactly the coder's input, :func:`aribbps.probability.quantise_probs7`).
-Teacher forced with one latent sample, like ``aribbps eval --mode inference``.
+with unquantised probabilities (clamped as in training), with the coder's
+``logit`` code (what files are written with, :mod:`aribbps.probability`),
+and with each probability of a 1 rounded to ``b`` bits,
+``clamp(round(2^b P), 1, 2^b - 1)`` (at b = 8 exactly the ``linear`` code of
+older files, DESIGN 1.3). Teacher forced with one latent sample, like
+``aribbps eval --mode inference``.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from torch import Tensor
 from aribbps import api, zoo
 from aribbps.bitplanes import step_view
 from aribbps.codec import teacher_forced_steps
-from aribbps.probability import bits_cost, coupled_probs
+from aribbps.probability import bits_cost, coupled_probs, quantise_probs7, quantised_bits_cost
 
 
 def quantised_cost(p: Tensor, bits: Tensor, precision: int, coded: Tensor | None = None) -> float:
@@ -36,8 +38,8 @@ def quantised_cost(p: Tensor, bits: Tensor, precision: int, coded: Tensor | None
 
 @torch.no_grad()
 def plane_costs(directory: Path, model: zoo.LoadedModel, step: int, precisions: list[int]) -> dict[str, float]:
-    """Plane bits per sub-pixel: "float" and one entry per precision."""
-    totals = dict.fromkeys(["float", *map(str, precisions)], 0.0)
+    """Plane bits per sub-pixel: "float", "logit" and one entry per precision."""
+    totals = dict.fromkeys(["float", "logit", *map(str, precisions)], 0.0)
     subpixels = 0
     generator = torch.Generator().manual_seed(0)
     for path in api.batch_inputs(directory)[::step]:
@@ -51,6 +53,8 @@ def plane_costs(directory: Path, model: zoo.LoadedModel, step: int, precisions: 
             step_bits, coded = step_view(plane, stage.s), stage.valid(valid)
             p = coupled_probs(logits.float(), step_bits)
             totals["float"] += float(bits_cost(logits.float(), step_bits, coded).sum())
+            totals["logit"] += float(quantised_bits_cost(quantise_probs7(logits, "logit"), step_bits, coded,
+                                                         "logit").sum())
             for b in precisions:
                 totals[str(b)] += quantised_cost(p, step_bits, b, coded)
         subpixels += pixels.size
@@ -67,11 +71,12 @@ def main(argv: list[str] | None = None) -> int:
     model = zoo.load(args.model, "cpu")
     if model.nets.sig.latent is None:
         raise SystemExit("the model has no latent model; this bench measures latent models")
-    print("| set | float | " + " | ".join(f"{b} bits" for b in args.bits) + " |")
-    print("|---|---|" + "---|" * len(args.bits))
+    columns = ["logit", *map(str, args.bits)]
+    print("| set | float | logit code | " + " | ".join(f"{b} bits" for b in args.bits) + " |")
+    print("|---|---|" + "---|" * len(columns))
     for d in args.dirs:
         c = plane_costs(d, model, max(1, args.step), args.bits)
-        cells = [f"{c[str(b)]:.4f} ({100 * (c[str(b)] / c['float'] - 1):+.2f}%)" for b in args.bits]
+        cells = [f"{c[k]:.4f} ({100 * (c[k] / c['float'] - 1):+.3f}%)" for k in columns]
         print(f"| {d.name} | {c['float']:.4f} | " + " | ".join(cells) + " |")
     return 0
 

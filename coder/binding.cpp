@@ -5,6 +5,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <string>
 
 #include "lane_coder.hpp"
@@ -51,6 +52,8 @@ PYBIND11_MODULE(_coder, m) {
   py::register_exception<arib::NotEnoughBits>(m, "NotEnoughBitsError", PyExc_ValueError);
 
   m.attr("LATENT_PRECISION_BITS") = arib::kLatentPrecisionBits;
+  // Names of arib::ProbCode, by value.
+  m.attr("PROB_CODES") = py::make_tuple("linear", "logit");
   m.attr("LATENT_D_FRAC_BITS") = arib::kLatentDFracBits;
   m.attr("LATENT_D_MAX") = arib::kLatentDMax;
 
@@ -68,23 +71,34 @@ PYBIND11_MODULE(_coder, m) {
       py::arg("bins"), py::arg("d_fixed"), py::arg("qp"),
       "Frequencies (out of 2**LATENT_PRECISION_BITS) the coder assigns to latent bins.");
 
+  m.def(
+      "binary_code_ones",
+      [](int prob_code) {
+        const arib::BinaryCode& c = arib::binary_code(prob_code);
+        CArray<uint32_t> out(256);
+        std::copy(c.one, c.one + 256, out.mutable_data());
+        return py::make_tuple(c.bits, out);
+      },
+      py::arg("prob_code"),
+      "(bits, one): a probability byte q means P(1) = one[q] / 2**bits under this code.");
+
   m.def("encode_bound", &LaneCoder::encode_bound, py::arg("n_symbols"), py::arg("max_bits"),
         "Upper bound of one lane's serialised size after n symbols of at most max_bits each.");
 
   py::class_<LaneCoder>(m, "LaneCoder")
-      .def(py::init<size_t, size_t>(), py::arg("lanes"), py::arg("threads") = 0)
+      .def(py::init<size_t, size_t, int>(), py::arg("lanes"), py::arg("threads") = 0, py::arg("prob_code") = 1)
       .def_static(
           "from_bytes",
-          [](const std::vector<py::bytes>& streams, size_t threads) {
+          [](const std::vector<py::bytes>& streams, size_t threads, int prob_code) {
             std::vector<std::string> owned;
             owned.reserve(streams.size());
             for (const auto& s : streams) owned.emplace_back(s);
             std::vector<std::pair<const uint8_t*, size_t>> views;
             for (const auto& s : owned) views.emplace_back(reinterpret_cast<const uint8_t*>(s.data()), s.size());
             py::gil_scoped_release release;
-            return new LaneCoder(views, threads);
+            return new LaneCoder(views, threads, prob_code);
           },
-          py::arg("streams"), py::arg("threads") = 0)
+          py::arg("streams"), py::arg("threads") = 0, py::arg("prob_code") = 1)
       .def_property_readonly("lanes", &LaneCoder::lanes)
       .def_property_readonly("threads", &LaneCoder::threads)
       .def("push_binary",

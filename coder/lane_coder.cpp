@@ -81,7 +81,7 @@ void pop_latent_lane(RansStack& s, const int32_t* d_fixed, uint8_t qp, int64_t b
 
 }  // namespace
 
-LaneCoder::LaneCoder(size_t lanes, size_t threads) {
+LaneCoder::LaneCoder(size_t lanes, size_t threads, int prob_code) : code_(&binary_code(prob_code)) {
   if (lanes == 0) throw InvalidArgument("a LaneCoder needs at least one lane");
   if (lanes > (size_t{1} << 20)) throw InvalidArgument("too many lanes: " + std::to_string(lanes));
   stacks_.resize(lanes);
@@ -89,8 +89,8 @@ LaneCoder::LaneCoder(size_t lanes, size_t threads) {
   pool_ = std::make_unique<ThreadPool>(std::min(threads, lanes));
 }
 
-LaneCoder::LaneCoder(const std::vector<std::pair<const uint8_t*, size_t>>& streams, size_t threads)
-    : LaneCoder(streams.size(), threads) {
+LaneCoder::LaneCoder(const std::vector<std::pair<const uint8_t*, size_t>>& streams, size_t threads, int prob_code)
+    : LaneCoder(streams.size(), threads, prob_code) {
   for (size_t l = 0; l < streams.size(); ++l) {
     try {
       stacks_[l] = RansStack::deserialize(streams[l].first, streams[l].second);
@@ -140,7 +140,7 @@ void LaneCoder::push_binary(const uint8_t* bits, const uint8_t* probs, const int
   check_bits(bits, offsets, stacks_.size(), 1);
   for_lanes([&](size_t l, RansStack& s) {
     s.reserve_words(static_cast<size_t>(offsets[l + 1] - offsets[l]) / 4 + 2);
-    s.push_bits(bits + offsets[l], probs + offsets[l], static_cast<size_t>(offsets[l + 1] - offsets[l]));
+    s.push_bits(bits + offsets[l], probs + offsets[l], static_cast<size_t>(offsets[l + 1] - offsets[l]), *code_);
   });
 }
 
@@ -149,7 +149,7 @@ void LaneCoder::pop_binary(const uint8_t* probs, const int64_t* offsets, uint8_t
   check_offsets(offsets);
   check_probs(probs, offsets, stacks_.size(), 1);
   for_lanes_atomic([&](size_t l, RansStack& s) {
-    s.pop_bits(probs + offsets[l], static_cast<size_t>(offsets[l + 1] - offsets[l]), bits_out + offsets[l]);
+    s.pop_bits(probs + offsets[l], static_cast<size_t>(offsets[l + 1] - offsets[l]), bits_out + offsets[l], *code_);
   });
 }
 
@@ -161,7 +161,7 @@ void LaneCoder::push_rgb(const uint8_t* bits, const uint8_t* probs, const int64_
   for_lanes([&](size_t l, RansStack& s) {
     const size_t n = static_cast<size_t>(offsets[l + 1] - offsets[l]);
     s.reserve_words(n + 2);
-    s.push_rgb(bits + 3 * offsets[l], probs + 7 * offsets[l], n);
+    s.push_rgb(bits + 3 * offsets[l], probs + 7 * offsets[l], n, *code_);
   });
 }
 
@@ -170,7 +170,7 @@ void LaneCoder::pop_rgb(const uint8_t* probs, const int64_t* offsets, uint8_t* b
   check_offsets(offsets);
   check_probs(probs, offsets, stacks_.size(), 7);
   for_lanes_atomic([&](size_t l, RansStack& s) {
-    s.pop_rgb(probs + 7 * offsets[l], static_cast<size_t>(offsets[l + 1] - offsets[l]), bits_out + 3 * offsets[l]);
+    s.pop_rgb(probs + 7 * offsets[l], static_cast<size_t>(offsets[l + 1] - offsets[l]), bits_out + 3 * offsets[l], *code_);
   });
 }
 

@@ -31,14 +31,16 @@ namespace arib {
 class LaneCoder {
  public:
   // threads: 0 = one per hardware thread; never more than `lanes` are used.
-  LaneCoder(size_t lanes, size_t threads);
+  // prob_code: what the binary calls' probability bytes mean (ProbCode,
+  // rans_stack.hpp), fixed for the coder's life.
+  LaneCoder(size_t lanes, size_t threads, int prob_code);
   // Rebuilds the lanes from serialised stacks; throws StreamError naming the lane.
-  LaneCoder(const std::vector<std::pair<const uint8_t*, size_t>>& streams, size_t threads);
+  LaneCoder(const std::vector<std::pair<const uint8_t*, size_t>>& streams, size_t threads, int prob_code);
 
   size_t lanes() const { return stacks_.size(); }
   size_t threads() const { return pool_->size(); }
 
-  // Binary symbols: bits[i] in {0, 1}, P(1) = probs[i] / 256, probs[i] in [1, 255].
+  // Binary symbols: bits[i] in {0, 1}, probs[i] in [1, 255] (meaning: prob_code).
   void push_binary(const uint8_t* bits, const uint8_t* probs, const int64_t* offsets);
   void pop_binary(const uint8_t* probs, const int64_t* offsets, uint8_t* bits_out);
 
@@ -88,6 +90,7 @@ class LaneCoder {
   void for_lanes_atomic(Fn&& fn);        // pops: rollback on any failure
 
   std::vector<RansStack> stacks_;
+  const BinaryCode* code_;
   std::unique_ptr<ThreadPool> pool_;
   mutable std::mutex mutex_;
 };

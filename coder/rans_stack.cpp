@@ -7,29 +7,78 @@
 namespace arib {
 namespace detail {
 
-namespace {
-const std::array<Reciprocal, 256> byte_reciprocal_table = [] {
-    using u128 = unsigned __int128;
-    std::array<Reciprocal, 256> t{};
-    for (uint64_t f = 1; f < 256; ++f) {
-      const u128 m = ((u128{1} << 72) + f - 1) / f;
-      t[f] = {static_cast<uint64_t>(m), static_cast<uint64_t>(m >> 64)};
-    }
-    return t;
-}();
-}  // namespace
-
-const Reciprocal* const kByteReciprocals = byte_reciprocal_table.data();
+Reciprocal reciprocal(uint64_t f, int bits) {
+  using u128 = unsigned __int128;
+  const u128 m = ((u128{1} << (64 + bits)) + f - 1) / f;
+  return {static_cast<uint64_t>(m), static_cast<uint64_t>(m >> 64)};
+}
 
 }  // namespace detail
 
-void RansStack::push_bits(const uint8_t* bits, const uint8_t* probs, size_t n) {
+namespace {
+
+// round(65536 / (1 + exp(-(q - 128) / 16))) for q = 1..255 (entry 0 unused).
+// Written out so that no libm can round an entry differently; every value
+// lies at least 0.001 away from a rounding boundary, and tests/test_coder.py
+// recomputes them.
+constexpr uint32_t kLogitOne[256] = {
+        0,    23,    25,    27,    28,    30,    32,    34,    36,    39,    41,    44,
+       47,    50,    53,    56,    60,    64,    68,    72,    77,    82,    87,    92,
+       98,   105,   111,   119,   126,   134,   143,   152,   162,   172,   184,   195,
+      208,   221,   236,   251,   267,   284,   302,   321,   342,   364,   387,   412,
+      439,   467,   497,   528,   562,   598,   636,   677,   720,   766,   815,   867,
+      922,   980,  1042,  1109,  1179,  1253,  1333,  1417,  1506,  1601,  1701,  1808,
+     1921,  2041,  2168,  2303,  2446,  2598,  2758,  2928,  3108,  3298,  3500,  3713,
+     3938,  4176,  4427,  4692,  4971,  5266,  5577,  5904,  6249,  6611,  6992,  7392,
+     7812,  8252,  8714,  9197,  9702, 10230, 10782, 11357, 11955, 12579, 13226, 13898,
+    14595, 15316, 16062, 16832, 17625, 18442, 19282, 20143, 21025, 21928, 22849, 23788,
+    24743, 25712, 26695, 27689, 28693, 29705, 30723, 31744, 32768, 33792, 34813, 35831,
+    36843, 37847, 38841, 39824, 40793, 41748, 42687, 43608, 44511, 45393, 46254, 47094,
+    47911, 48704, 49474, 50220, 50941, 51638, 52310, 52957, 53581, 54179, 54754, 55306,
+    55834, 56339, 56822, 57284, 57724, 58144, 58544, 58925, 59287, 59632, 59959, 60270,
+    60565, 60844, 61109, 61360, 61598, 61823, 62036, 62238, 62428, 62608, 62778, 62938,
+    63090, 63233, 63368, 63495, 63615, 63728, 63835, 63935, 64030, 64119, 64203, 64283,
+    64357, 64427, 64494, 64556, 64614, 64669, 64721, 64770, 64816, 64859, 64900, 64938,
+    64974, 65008, 65039, 65069, 65097, 65124, 65149, 65172, 65194, 65215, 65234, 65252,
+    65269, 65285, 65300, 65315, 65328, 65341, 65352, 65364, 65374, 65384, 65393, 65402,
+    65410, 65417, 65425, 65431, 65438, 65444, 65449, 65454, 65459, 65464, 65468, 65472,
+    65476, 65480, 65483, 65486, 65489, 65492, 65495, 65497, 65500, 65502, 65504, 65506,
+    65508, 65509, 65511, 65513
+};
+
+BinaryCode make_code(int bits, const uint32_t* one) {
+  BinaryCode c{};
+  c.bits = bits;
+  for (uint32_t q = 1; q < 256; ++q) {
+    c.one[q] = one[q];
+    c.rec_one[q] = detail::reciprocal(one[q], bits);
+    c.rec_zero[q] = detail::reciprocal((uint64_t{1} << bits) - one[q], bits);
+  }
+  return c;
+}
+
+const BinaryCode linear_code = [] {
+  uint32_t one[256];
+  for (uint32_t q = 0; q < 256; ++q) one[q] = q;
+  return make_code(8, one);
+}();
+const BinaryCode logit_code = make_code(16, kLogitOne);
+
+}  // namespace
+
+const BinaryCode& binary_code(int code) {
+  if (code == static_cast<int>(ProbCode::kLinear)) return linear_code;
+  if (code == static_cast<int>(ProbCode::kLogit)) return logit_code;
+  throw InvalidArgument("unknown probability code " + std::to_string(code) + " (0 = linear, 1 = logit)");
+}
+
+void RansStack::push_bits(const uint8_t* bits, const uint8_t* probs, size_t n, const BinaryCode& c) {
   uint64_t a = state_[turn_];  // the state the next push uses
   uint64_t b = state_[turn_ ^ 1u];
   uint32_t* words = words_.data();
   size_t top = top_;
   for (size_t i = n; i-- > 0;) {
-    encode_bit(a, words, top, words_, bits[i], probs[i]);
+    encode_bit(a, words, top, words_, bits[i], probs[i], c);
     std::swap(a, b);
   }
   turn_ ^= static_cast<uint32_t>(n & 1u);
@@ -38,13 +87,13 @@ void RansStack::push_bits(const uint8_t* bits, const uint8_t* probs, size_t n) {
   top_ = top;
 }
 
-void RansStack::pop_bits(const uint8_t* probs, size_t n, uint8_t* bits_out) {
+void RansStack::pop_bits(const uint8_t* probs, size_t n, uint8_t* bits_out, const BinaryCode& c) {
   // On NotEnoughBits the members are left untouched (callers restore anyway).
   uint64_t a = state_[turn_ ^ 1u];  // the state the next pop uses
   uint64_t b = state_[turn_];
   size_t top = top_;
   for (size_t i = 0; i < n; ++i) {
-    bits_out[i] = static_cast<uint8_t>(decode_bit(a, top, probs[i]));
+    bits_out[i] = static_cast<uint8_t>(decode_bit(a, top, probs[i], c));
     std::swap(a, b);
   }
   turn_ ^= static_cast<uint32_t>(n & 1u);
@@ -53,7 +102,7 @@ void RansStack::pop_bits(const uint8_t* probs, size_t n, uint8_t* bits_out) {
   top_ = top;
 }
 
-void RansStack::push_rgb(const uint8_t* bits, const uint8_t* probs, size_t n) {
+void RansStack::push_rgb(const uint8_t* bits, const uint8_t* probs, size_t n, const BinaryCode& c) {
   uint64_t a = state_[turn_];
   uint64_t b = state_[turn_ ^ 1u];
   uint32_t* words = words_.data();
@@ -61,9 +110,9 @@ void RansStack::push_rgb(const uint8_t* bits, const uint8_t* probs, size_t n) {
   for (size_t i = n; i-- > 0;) {
     const uint8_t* bit = bits + 3 * i;
     const uint8_t* q = probs + 7 * i;
-    encode_bit(a, words, top, words_, bit[2], q[3 + 2 * bit[0] + bit[1]]);
-    encode_bit(b, words, top, words_, bit[1], q[1 + bit[0]]);
-    encode_bit(a, words, top, words_, bit[0], q[0]);
+    encode_bit(a, words, top, words_, bit[2], q[3 + 2 * bit[0] + bit[1]], c);
+    encode_bit(b, words, top, words_, bit[1], q[1 + bit[0]], c);
+    encode_bit(a, words, top, words_, bit[0], q[0], c);
     std::swap(a, b);
   }
   turn_ ^= static_cast<uint32_t>(n & 1u);  // 3n pushes flip the parity n times
@@ -72,16 +121,16 @@ void RansStack::push_rgb(const uint8_t* bits, const uint8_t* probs, size_t n) {
   top_ = top;
 }
 
-void RansStack::pop_rgb(const uint8_t* probs, size_t n, uint8_t* bits_out) {
+void RansStack::pop_rgb(const uint8_t* probs, size_t n, uint8_t* bits_out, const BinaryCode& c) {
   uint64_t a = state_[turn_ ^ 1u];
   uint64_t b = state_[turn_];
   size_t top = top_;
   for (size_t i = 0; i < n; ++i) {
     const uint8_t* q = probs + 7 * i;
     uint8_t* bit = bits_out + 3 * i;
-    const uint32_t r = decode_bit(a, top, q[0]);
-    const uint32_t g = decode_bit(b, top, q[1 + r]);
-    const uint32_t bl = decode_bit(a, top, q[3 + 2 * r + g]);
+    const uint32_t r = decode_bit(a, top, q[0], c);
+    const uint32_t g = decode_bit(b, top, q[1 + r], c);
+    const uint32_t bl = decode_bit(a, top, q[3 + 2 * r + g], c);
     bit[0] = static_cast<uint8_t>(r);
     bit[1] = static_cast<uint8_t>(g);
     bit[2] = static_cast<uint8_t>(bl);

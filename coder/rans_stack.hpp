@@ -10,8 +10,14 @@
 //
 // Why this shape: 64-bit states let latent bins use 24-bit precision (qp up to
 // 16 plus headroom so that no bin has zero mass); 32-bit words keep the
-// overhead at most 2 x 32 bits per lane; the binary hot path divides by an
-// 8-bit frequency through an exact reciprocal (no hardware division).
+// overhead at most 2 x 32 bits per lane; the binary hot path divides by a
+// frequency through an exact reciprocal from a table (no hardware division).
+//
+// Binary symbols take a probability byte q in [1, 255]; a BinaryCode says
+// what it means (the frequency of a 1 out of 2^bits). Two codes exist:
+// linear (P(1) = q / 256, every file before the logit code) and logit
+// (P(1) = round(2^16 sigma((q - 128) / 16)) / 2^16: steps of 1/16 in the
+// logit, so that near-certain bits cost ~0.0005 bits instead of >= 0.0056).
 //
 // Push/pop are exact inverses: pop(push(s)) returns s and restores the state
 // bit for bit, and so does push(pop()) on any valid state (bits-back).
@@ -27,6 +33,38 @@
 
 namespace arib {
 
+namespace detail {
+// floor(x / f) as floor(x * m / 2^(64 + bits)) with m = ceil(2^(64 + bits) / f)
+// in two 64-bit halves. Exact for f < 2^bits and x < f * 2^(64 - bits) (what
+// a push guarantees after its spill): the error x * (m - 2^(64+bits)/f) /
+// 2^(64+bits) < x / 2^(64+bits) < f / 2^(2 bits) < 1 / f, and x / f has a
+// fractional part of at most (f - 1) / f (checked exhaustively at the edges
+// and randomly in the tests).
+struct Reciprocal {
+  uint64_t lo;
+  uint64_t hi;
+};
+Reciprocal reciprocal(uint64_t f, int bits);
+inline uint64_t divide(uint64_t x, const Reciprocal& r, int bits) {
+  using u128 = unsigned __int128;
+  const u128 low = static_cast<u128>(x) * r.lo;
+  const u128 high = static_cast<u128>(x) * r.hi;
+  return static_cast<uint64_t>((high + static_cast<uint64_t>(low >> 64)) >> bits);
+}
+}  // namespace detail
+
+// What a probability byte q in [1, 255] means: a 1 has frequency one[q] out
+// of 2^bits, a 0 the rest. one[0] is unused (q = 0 is refused).
+struct BinaryCode {
+  int bits;
+  uint32_t one[256];
+  detail::Reciprocal rec_one[256];   // of one[q]
+  detail::Reciprocal rec_zero[256];  // of 2^bits - one[q]
+};
+enum class ProbCode : int { kLinear = 0, kLogit = 1 };
+// The table of a code; throws InvalidArgument for an unknown code.
+const BinaryCode& binary_code(int code);
+
 class RansStack {
  public:
   static constexpr uint64_t kLower = uint64_t{1} << 32;  // states live in [kLower, 2^64)
@@ -39,19 +77,19 @@ class RansStack {
 
   RansStack() = default;
 
-  // ---- binary symbols, P(bit = 1) = q / 256 with q in [1, 255] ------------
-  // q outside [1, 255] throws InvalidArgument (checked by the batched callers).
-  inline void push_bit(uint32_t bit, uint32_t q);
-  inline uint32_t pop_bit(uint32_t q);
+  // ---- binary symbols, P(bit = 1) = c.one[q] / 2^c.bits, q in [1, 255] -----
+  // q outside [1, 255] is refused by the batched callers (InvalidArgument).
+  inline void push_bit(uint32_t bit, uint32_t q, const BinaryCode& c);
+  inline uint32_t pop_bit(uint32_t q, const BinaryCode& c);
 
   // Bulk forms of the above, keeping both states in registers (about 2x the
   // speed of the one-symbol calls): push_bits pushes items n-1 .. 0, pop_bits
   // pops items 0 .. n-1. The RGB forms code 3 bits per pixel (DESIGN 1.3):
   // R with q[0], G with q[1 + r], B with q[3 + 2r + g]; pushed B, G, R.
-  void push_bits(const uint8_t* bits, const uint8_t* probs, size_t n);
-  void pop_bits(const uint8_t* probs, size_t n, uint8_t* bits_out);
-  void push_rgb(const uint8_t* bits, const uint8_t* probs, size_t n);
-  void pop_rgb(const uint8_t* probs, size_t n, uint8_t* bits_out);
+  void push_bits(const uint8_t* bits, const uint8_t* probs, size_t n, const BinaryCode& c);
+  void pop_bits(const uint8_t* probs, size_t n, uint8_t* bits_out, const BinaryCode& c);
+  void push_rgb(const uint8_t* bits, const uint8_t* probs, size_t n, const BinaryCode& c);
+  void pop_rgb(const uint8_t* probs, size_t n, uint8_t* bits_out, const BinaryCode& c);
 
   // ---- general symbols: [start, start + freq) out of 2^precision ----------
   // Requires 1 <= freq, start + freq <= 2^precision, precision in [1, 32].
@@ -128,8 +166,8 @@ class RansStack {
   void grow();
   // One binary step on an explicit state, for the bulk loops.
   static inline void encode_bit(uint64_t& x, uint32_t*& words, size_t& top, std::vector<uint32_t>& storage,
-                                uint32_t bit, uint32_t q);
-  inline uint32_t decode_bit(uint64_t& x, size_t& top, uint32_t q) const;
+                                uint32_t bit, uint32_t q, const BinaryCode& c);
+  inline uint32_t decode_bit(uint64_t& x, size_t& top, uint32_t q, const BinaryCode& c) const;
 
   uint64_t state_[2] = {kLower, kLower};
   uint32_t turn_ = 0;  // index of the state the next push uses
@@ -137,49 +175,35 @@ class RansStack {
   size_t top_ = 0;  // words_[0, top_) are on the stack
 };
 
-// ---------------------------------------------------------------------------
-// Exact division by an 8-bit frequency: floor(x / f) for x < f * 2^56, f < 256,
-// as floor(x * m / 2^72) with m = ceil(2^72 / f) split in two 64-bit halves.
-// Proof: x*m/2^72 - x/f < x / 2^72 < 2^-8 <= 1/f - ..., so the floor is exact
-// (checked exhaustively at the edges and randomly in the tests).
-namespace detail {
-struct Reciprocal {
-  uint64_t lo;
-  uint64_t hi;
-};
-extern const Reciprocal* const kByteReciprocals;  // 256 entries, [0] unused
-inline uint64_t div_by_byte(uint64_t x, const Reciprocal& r) {
-  using u128 = unsigned __int128;
-  const u128 low = static_cast<u128>(x) * r.lo;
-  const u128 high = static_cast<u128>(x) * r.hi;
-  return static_cast<uint64_t>((high + static_cast<uint64_t>(low >> 64)) >> 8);
-}
-}  // namespace detail
-
 inline void RansStack::encode_bit(uint64_t& x, uint32_t*& words, size_t& top, std::vector<uint32_t>& storage,
-                                   uint32_t bit, uint32_t q) {
+                                   uint32_t bit, uint32_t q, const BinaryCode& c) {
+  const uint32_t total = 1u << c.bits;
+  const uint32_t one = c.one[q];
   const uint32_t mask = 0u - (bit & 1u);
-  const uint32_t not_q = 256u - q;
-  const uint32_t freq = not_q + ((2u * q - 256u) & mask);
-  const uint32_t start = not_q & mask;
+  const uint32_t not_one = total - one;
+  const uint32_t freq = not_one + ((2u * one - total) & mask);  // bit ? one : not_one (mod 2^32)
+  const uint32_t start = not_one & mask;
+  const detail::Reciprocal& r = bit ? c.rec_one[q] : c.rec_zero[q];
   if (__builtin_expect(top == storage.size(), 0)) {
     storage.resize(storage.size() < 64 ? 64 : storage.size() * 2);
     words = storage.data();
   }
-  const bool spill = x >= (static_cast<uint64_t>(freq) << 56);
+  const bool spill = x >= (static_cast<uint64_t>(freq) << (64 - c.bits));
   words[top] = static_cast<uint32_t>(x);
   top += spill;
   x = spill ? (x >> 32) : x;
-  const uint64_t quotient = detail::div_by_byte(x, detail::kByteReciprocals[freq]);
-  x = x + quotient * (256u - freq) + start;
+  const uint64_t quotient = detail::divide(x, r, c.bits);
+  x = x + quotient * (total - freq) + start;
 }
 
-inline uint32_t RansStack::decode_bit(uint64_t& x, size_t& top, uint32_t q) const {
-  const uint32_t slot = static_cast<uint32_t>(x & 255u);
-  const uint32_t bit = slot >= 256u - q;
-  const uint32_t freq = bit ? q : 256u - q;
-  const uint32_t start = bit ? 256u - q : 0u;
-  const uint64_t next = freq * (x >> 8) + slot - start;
+inline uint32_t RansStack::decode_bit(uint64_t& x, size_t& top, uint32_t q, const BinaryCode& c) const {
+  const uint32_t total = 1u << c.bits;
+  const uint32_t not_one = total - c.one[q];
+  const uint32_t slot = static_cast<uint32_t>(x & (total - 1u));
+  const uint32_t bit = slot >= not_one;
+  const uint32_t freq = bit ? total - not_one : not_one;
+  const uint32_t start = bit ? not_one : 0u;
+  const uint64_t next = freq * (x >> c.bits) + slot - start;
   if (next < kLower) {
     if (__builtin_expect(top == 0, 0)) {
       throw NotEnoughBits("not enough initial bits: a pop needs a word from an empty stack");
@@ -191,15 +215,15 @@ inline uint32_t RansStack::decode_bit(uint64_t& x, size_t& top, uint32_t q) cons
   return bit;
 }
 
-inline void RansStack::push_bit(uint32_t bit, uint32_t q) {
+inline void RansStack::push_bit(uint32_t bit, uint32_t q, const BinaryCode& c) {
   uint32_t* words = words_.data();
-  encode_bit(state_[turn_], words, top_, words_, bit, q);
+  encode_bit(state_[turn_], words, top_, words_, bit, q, c);
   turn_ ^= 1u;
 }
 
-inline uint32_t RansStack::pop_bit(uint32_t q) {
+inline uint32_t RansStack::pop_bit(uint32_t q, const BinaryCode& c) {
   // decode_bit changes nothing when it throws, so the stack stays as it was.
-  const uint32_t bit = decode_bit(state_[turn_ ^ 1u], top_, q);
+  const uint32_t bit = decode_bit(state_[turn_ ^ 1u], top_, q, c);
   turn_ ^= 1u;
   return bit;
 }

@@ -21,49 +21,77 @@ static int failures = 0;
     }                                                                 \
   } while (0)
 
-static void test_byte_division_exact() {
-  const auto* r = detail::kByteReciprocals;
+static void test_division_exact() {
   std::mt19937_64 rng(1);
-  for (uint64_t f = 1; f < 256; ++f) {
-    const uint64_t limit = f << 56;
-    for (uint64_t x : {uint64_t{0}, uint64_t{1}, f - 1, f, limit - 1, limit - f, limit / 2}) {
-      CHECK(detail::div_by_byte(x, r[f]) == x / f);
-    }
-    for (int i = 0; i < 2000; ++i) {
-      const uint64_t x = rng() % limit;
-      CHECK(detail::div_by_byte(x, r[f]) == x / f);
+  for (int bits : {8, 16}) {
+    const uint64_t top = uint64_t{1} << bits;
+    std::vector<uint64_t> divisors = {1, 2, 3, top / 2 - 1, top / 2, top / 2 + 1, top - 2, top - 1};
+    for (int i = 0; i < (bits == 8 ? 255 : 2000); ++i) divisors.push_back(1 + rng() % (top - 1));
+    for (uint64_t f : divisors) {
+      const detail::Reciprocal r = detail::reciprocal(f, bits);
+      const uint64_t limit = f << (64 - bits);
+      for (uint64_t x : {uint64_t{0}, uint64_t{1}, f - 1, f, limit - 1, limit - f, limit / 2}) {
+        CHECK(detail::divide(x, r, bits) == x / f);
+      }
+      for (int i = 0; i < 200; ++i) {
+        const uint64_t x = rng() % limit;
+        CHECK(detail::divide(x, r, bits) == x / f);
+      }
     }
   }
 }
 
+static void test_binary_codes() {
+  const BinaryCode& linear = binary_code(0);
+  const BinaryCode& logit = binary_code(1);
+  CHECK(linear.bits == 8 && logit.bits == 16);
+  for (uint32_t q = 1; q < 256; ++q) {
+    CHECK(linear.one[q] == q);
+    CHECK(logit.one[q] >= 1 && logit.one[q] < 65536);
+    CHECK(logit.one[q] + logit.one[256 - q] == 65536);  // symmetric about q = 128
+    if (q > 1) CHECK(logit.one[q] > logit.one[q - 1]);
+  }
+  CHECK(logit.one[128] == 32768);
+  bool threw = false;
+  try {
+    binary_code(2);
+  } catch (const InvalidArgument&) {
+    threw = true;
+  }
+  CHECK(threw);
+}
+
 static void test_bulk_equals_single_symbol() {
   std::mt19937_64 rng(9);
-  for (size_t n : {0, 1, 2, 3, 7, 1000, 4001}) {
-    std::vector<uint8_t> bits(3 * n), probs(7 * n);
-    for (auto& b : bits) b = static_cast<uint8_t>(rng() % 2);
-    for (auto& q : probs) q = static_cast<uint8_t>(1 + rng() % 255);
-    RansStack bulk, single;
-    bulk.push_uniform(5, 3);  // start on an odd parity
-    single.push_uniform(5, 3);
-    bulk.push_bits(bits.data(), probs.data(), n);
-    for (size_t i = n; i-- > 0;) single.push_bit(bits[i], probs[i]);
-    bulk.push_rgb(bits.data(), probs.data(), n);
-    for (size_t i = n; i-- > 0;) {
-      single.push_bit(bits[3 * i + 2], probs[7 * i + 3 + 2 * bits[3 * i] + bits[3 * i + 1]]);
-      single.push_bit(bits[3 * i + 1], probs[7 * i + 1 + bits[3 * i]]);
-      single.push_bit(bits[3 * i], probs[7 * i]);
+  for (int code : {0, 1}) {
+    for (size_t n : {0, 1, 2, 3, 7, 1000, 4001}) {
+      const BinaryCode& c = binary_code(code);
+      std::vector<uint8_t> bits(3 * n), probs(7 * n);
+      for (auto& b : bits) b = static_cast<uint8_t>(rng() % 2);
+      for (auto& q : probs) q = static_cast<uint8_t>(1 + rng() % 255);
+      RansStack bulk, single;
+      bulk.push_uniform(5, 3);  // start on an odd parity
+      single.push_uniform(5, 3);
+      bulk.push_bits(bits.data(), probs.data(), n, c);
+      for (size_t i = n; i-- > 0;) single.push_bit(bits[i], probs[i], c);
+      bulk.push_rgb(bits.data(), probs.data(), n, c);
+      for (size_t i = n; i-- > 0;) {
+        single.push_bit(bits[3 * i + 2], probs[7 * i + 3 + 2 * bits[3 * i] + bits[3 * i + 1]], c);
+        single.push_bit(bits[3 * i + 1], probs[7 * i + 1 + bits[3 * i]], c);
+        single.push_bit(bits[3 * i], probs[7 * i], c);
+      }
+      std::vector<uint8_t> a(bulk.serialized_size()), b(single.serialized_size());
+      bulk.serialize(a.data());
+      single.serialize(b.data());
+      CHECK(a == b);
+      std::vector<uint8_t> rgb(3 * n), flat(n);
+      bulk.pop_rgb(probs.data(), n, rgb.data(), c);
+      CHECK(rgb == bits);
+      bulk.pop_bits(probs.data(), n, flat.data(), c);
+      CHECK(std::equal(flat.begin(), flat.end(), bits.begin()));
+      CHECK(bulk.pop_uniform(3) == 5);
+      CHECK(bulk.is_empty());
     }
-    std::vector<uint8_t> a(bulk.serialized_size()), b(single.serialized_size());
-    bulk.serialize(a.data());
-    single.serialize(b.data());
-    CHECK(a == b);
-    std::vector<uint8_t> rgb(3 * n), flat(n);
-    bulk.pop_rgb(probs.data(), n, rgb.data());
-    CHECK(rgb == bits);
-    bulk.pop_bits(probs.data(), n, flat.data());
-    CHECK(std::equal(flat.begin(), flat.end(), bits.begin()));
-    CHECK(bulk.pop_uniform(3) == 5);
-    CHECK(bulk.is_empty());
   }
 }
 
@@ -95,7 +123,8 @@ static void test_mixed_round_trip() {
   std::mt19937_64 rng(7);
   for (int trial = 0; trial < 40; ++trial) {
     const size_t lanes = 1 + rng() % 5;
-    LaneCoder coder(lanes, 1 + rng() % 3);
+    const int code = trial % 2;
+    LaneCoder coder(lanes, 1 + rng() % 3, code);
     struct Op {
       int kind;
       std::vector<int64_t> offsets;
@@ -141,7 +170,7 @@ static void test_mixed_round_trip() {
     const auto bytes = coder.serialize();
     std::vector<std::pair<const uint8_t*, size_t>> streams;
     for (const auto& b : bytes) streams.emplace_back(b.data(), b.size());
-    LaneCoder decoder(streams, 2);
+    LaneCoder decoder(streams, 2, code);
     for (size_t j = ops.size(); j-- > 0;) {
       const Op& op = ops[j];
       const size_t n = static_cast<size_t>(op.offsets.back());
@@ -168,7 +197,7 @@ static void test_mixed_round_trip() {
 }
 
 static void test_bits_back_and_underflow() {
-  LaneCoder coder(2, 2);
+  LaneCoder coder(2, 2, 1);
   const int64_t pad_words[2] = {40, 3};
   const uint64_t seeds[2] = {11, 12};
   coder.push_padding(pad_words, seeds);
@@ -209,7 +238,7 @@ static void test_hostile_streams() {
       data[0] = static_cast<uint8_t>(0x80u | (data[0] & 0x1Fu));  // layout 2
     }
     try {
-      LaneCoder c({{data.data(), data.size()}}, 1);
+      LaneCoder c({{data.data(), data.size()}}, 1, static_cast<int>(trial % 2));
       std::vector<uint8_t> probs(500, 128), out(500);
       const int64_t offsets[2] = {0, 500};
       c.pop_binary(probs.data(), offsets, out.data());
@@ -233,14 +262,14 @@ static void test_seal_and_layout_2() {
     std::vector<uint8_t> bits(3001), probs(3001);
     for (auto& b : bits) b = static_cast<uint8_t>(rng() % 2);
     for (auto& q : probs) q = static_cast<uint8_t>(1 + rng() % 255);
-    s.push_bits(bits.data(), probs.data(), bits.size());
+    s.push_bits(bits.data(), probs.data(), bits.size(), binary_code(1));
     CHECK(!s.seal_value(v));
     std::vector<uint8_t> bytes(s.serialized_size());
     s.serialize(bytes.data());
     CHECK((bytes[0] & 0xE0u) == 0x80u);
     RansStack d = RansStack::deserialize(bytes.data(), bytes.size());
     std::vector<uint8_t> out(bits.size());
-    d.pop_bits(probs.data(), bits.size(), out.data());
+    d.pop_bits(probs.data(), bits.size(), out.data(), binary_code(1));
     CHECK(out == bits);
     CHECK(d.seal_value(v) && v == seal);
     CHECK(d.is_empty() == (seal == 0));
@@ -268,7 +297,8 @@ static void test_seal_and_layout_2() {
 }
 
 int main() {
-  test_byte_division_exact();
+  test_division_exact();
+  test_binary_codes();
   test_bulk_equals_single_symbol();
   test_latent_contract();
   test_mixed_round_trip();

@@ -131,9 +131,9 @@ def check_kernel_path(recorded: str, device: torch.device | str | None = None) -
 
 
 # ---------------------------------------------------------------- network steps
-def quantise_probs7(logits: Tensor) -> Tensor:
+def quantise_probs7(logits: Tensor, prob_code: str = "logit") -> Tensor:
     """The torch path's quantiser (``aribbps.probability.quantise_probs7``, bit for bit)."""
-    return quantise_probs7_ref(logits)
+    return quantise_probs7_ref(logits, prob_code)
 
 
 def _step_view(t: Tensor, s: int) -> Tensor:
@@ -155,7 +155,7 @@ def _latent_parts(net: Any, latent: Tensor | None, s: int, dtype: torch.dtype) -
 
 
 def _triton_step(net: Any, k: int, s: int, context: Tensor, plane_bits: Tensor, valid: Tensor | None,
-                 latent: Tensor | None, return_logits: bool) -> Tensor | tuple[Tensor, Tensor]:
+                 latent: Tensor | None, return_logits: bool, prob_code: str) -> Tensor | tuple[Tensor, Tensor]:
     """The Triton path of one (plane, step): kernels + the torch pieces between them."""
     if context.dtype != torch.float32:
         raise ValueError(f"the Triton path computes in float32; got a {context.dtype} plane context")
@@ -175,7 +175,8 @@ def _triton_step(net: Any, k: int, s: int, context: Tensor, plane_bits: Tensor, 
         act = "silu"  # fused into kernel B
     else:
         h, act = ent.act(h), "none"
-    return entropy_tail(h, ent.conv_out.weight, ent.conv_out.bias, act=act, return_logits=return_logits)
+    return entropy_tail(h, ent.conv_out.weight, ent.conv_out.bias, act=act, return_logits=return_logits,
+                        prob_code=prob_code)
 
 
 def _resolve_path(path: str | None, context: Tensor) -> str:
@@ -198,12 +199,12 @@ def step_logits(net: Any, k: int, s: int, context: Tensor, plane_bits: Tensor, v
     """
     if _resolve_path(path, context) == "torch":
         return net.step_logits(k, s, context, plane_bits, valid, latent)
-    return _triton_step(net, k, s, context, plane_bits, valid, latent, True)[1]
+    return _triton_step(net, k, s, context, plane_bits, valid, latent, True, "logit")[1]
 
 
 def step_probs7(net: Any, k: int, s: int, context: Tensor, plane_bits: Tensor, valid: Tensor | None = None,
                 latent: Tensor | None = None, *, path: str | None = None,
-                return_logits: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+                return_logits: bool = False, prob_code: str = "logit") -> Tensor | tuple[Tensor, Tensor]:
     """Drop-in for ``quantise_probs7(net.step_logits(k, s, context, plane_bits, valid, latent))``.
 
     Args:
@@ -218,6 +219,8 @@ def step_probs7(net: Any, k: int, s: int, context: Tensor, plane_bits: Tensor, v
         return_logits: also return the float logits (the encoder's
             cross-entropy figure); on the Triton path they come from the
             same kernel launch.
+        prob_code: what the bytes mean (``kernels.entropy_tail.PROB_CODES``);
+            the decoder passes the file's.
 
     Returns:
         (B, H/2 * W/2, 7) uint8 on the networks' device (:func:`to_host` it
@@ -228,6 +231,6 @@ def step_probs7(net: Any, k: int, s: int, context: Tensor, plane_bits: Tensor, v
     """
     if _resolve_path(path, context) == "torch":
         logits = net.step_logits(k, s, context, plane_bits, valid, latent)
-        probs7 = quantise_probs7(logits)
+        probs7 = quantise_probs7(logits, prob_code)
         return (probs7, logits) if return_logits else probs7
-    return _triton_step(net, k, s, context, plane_bits, valid, latent, return_logits)
+    return _triton_step(net, k, s, context, plane_bits, valid, latent, return_logits, prob_code)

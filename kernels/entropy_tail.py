@@ -4,7 +4,7 @@ The entropy head (``aribbps.models.entropy_head.EntropyHead``, DESIGN 1.4)
 runs on the step's quarter grid::
 
     [plane ctx | latent | space ctx] ─ ECA ─ 1x1 ─ depth × ResBlock ─ SiLU ─ 3x3 ─ 6 logits
-                                                                              ─ coupling ─ σ ─ q (uint8 ×7)
+                                                                              ─ coupling ─ q (uint8 ×7)
 
 Which part runs where on the Triton path (:mod:`kernels.dispatch`):
 
@@ -22,27 +22,36 @@ gate × features, 1x1 conv     **kernel A**, :func:`entropy_proj`: reads the (up
                               with the transposed 1x1 weight, adds the bias.
 residual blocks               torch (3x3 convs, cuDNN): ``entropy_depth`` blocks.
 SiLU, 3x3 conv to 6 logits,   **kernel B**, :func:`entropy_tail`: SiLU applied on
-RGB coupling, σ, 8-bit        load, the 3x3 conv as 9 shifted ``tl.dot`` s (IEEE fp32,
-quantisation of the 7         6 outputs padded to 16), then per position the 7
-probabilities                 coupled logits, σ, ``q = clamp(round(256σ), 1, 255)``
+RGB coupling, quantisation    load, the 3x3 conv as 9 shifted ``tl.dot`` s (IEEE fp32,
+of the 7 probabilities        6 outputs padded to 16), then per position the 7
+                              coupled logits and their probability bytes ``q``
                               (round half to even, exact), stored straight into the
                               coder's contiguous uint8 ``(B, h*w, 7)`` buffer; the
                               float logits are written only when asked (the encoder's
                               cross-entropy figure needs them, the decoder does not).
 ============================  =========================================================
 
-Contract of the 7 probabilities (same as ``aribbps.probability``): per pixel
-``q_r, q_g|r=0, q_g|r=1, q_b|00, q_b|01, q_b|10, q_b|11`` from the logits
-``(lr, lg, lb, a, b, c)`` as ``σ(lr)``, ``σ(lg ∓ a)``, ``σ(lb ∓ b ∓ c)``
+Contract of the 7 probabilities (``aribbps.probability``): per pixel
+``q_r, q_g|r=0, q_g|r=1, q_b|00, q_b|01, q_b|10, q_b|11`` from the coupled
+logits ``z`` = ``lr``, ``lg ∓ a``, ``lb ∓ b ∓ c`` of ``(lr, lg, lb, a, b, c)``
 (the sums in that order), ``±inf`` logits replaced by ``±1e30`` first, a NaN
-logit raises ``ValueError``. :func:`quantise_probs7_ref` is that contract in
-plain torch and is bit-identical to ``aribbps.probability.quantise_probs7``.
+logit raises ``ValueError``. Two probability codes (:data:`PROB_CODES`):
+
+* ``logit`` (written now): ``q = clamp(round(clamp(16·z, -128, 128) + 128),
+  1, 255)``, the addition in float32, meaning ``P(1) ≈ σ((q - 128) / 16)``
+  (the coder's 16-bit table, ``coder/rans_stack.cpp``);
+* ``linear`` (files before it): ``q = clamp(round(256·σ(z)), 1, 255)``,
+  meaning ``P(1) = q / 256``.
+
+:func:`quantise_probs7_ref` is that contract in plain torch (and the one
+``aribbps.probability.quantise_probs7`` calls).
 
 Tolerance against the references (float32, tested): the kernels sum in a
 different order than cuDNN/ATen and use Triton's ``exp`` in σ, so logits
 agree to ~1e-6 relative (tests: 1e-5 absolute on O(1) values) and a
-quantised q may differ by 1, only where ``256·σ`` of the reference lies
-within ``64·3·max|Δlogit| + 1e-4`` of a ``.5`` rounding boundary. This is
+quantised q may differ by 1, only where ``256·σ`` (linear) or ``16·z + 128``
+(logit) of the reference lies within ``64·3·max|Δlogit| + 1e-4`` of a ``.5``
+rounding boundary. This is
 why the codec records the kernel path and never mixes paths between the
 encoder and the decoder: each path is deterministic on its own (fixed block
 sizes, no autotuning, no atomics, a fixed reduction order per output
@@ -59,11 +68,15 @@ from torch import Tensor
 from kernels import HAS_TRITON, calculate_settings, require_triton
 from kernels.launch_lock import LAUNCH_LOCK
 
-__all__ = ["INF_LOGIT", "NUM_LOGITS", "eca_gate", "entropy_proj", "entropy_proj_ref", "entropy_tail",
+__all__ = ["INF_LOGIT", "LOGIT_STEPS", "NUM_LOGITS", "PROB_CODES", "eca_gate", "entropy_proj", "entropy_proj_ref", "entropy_tail",
            "entropy_tail_ref", "quantise_probs7_ref"]
 
 #: Logits per pixel: (lr, lg, lb, a, b, c).
 NUM_LOGITS = 6
+#: What a probability byte means (index = the coder's code, ``aribbps.coder``).
+PROB_CODES: tuple[str, ...] = ("linear", "logit")
+#: The logit code's steps per unit of logit (a power of two: 16·z is exact).
+LOGIT_STEPS = 16
 #: ±inf logits are replaced by this before the conditional sums.
 INF_LOGIT = 1e30
 #: (r', g') sign pairs of the 7 coder probabilities (0 = not used).
@@ -76,11 +89,17 @@ _ACTIVATIONS = {"silu": 1, "none": 0}
 
 
 # ---------------------------------------------------------------- references
-def quantise_probs7_ref(logits: Tensor) -> Tensor:
+def _check_prob_code(prob_code: str) -> None:
+    if prob_code not in PROB_CODES:
+        raise ValueError(f"prob_code must be one of {PROB_CODES}, got {prob_code!r}")
+
+
+def quantise_probs7_ref(logits: Tensor, prob_code: str = "logit") -> Tensor:
     """The 7 quantised probabilities per pixel (the contract above), plain torch.
 
     Args:
         logits: (B, 6, h, w), any float dtype (computed in float32).
+        prob_code: one of :data:`PROB_CODES`.
 
     Returns:
         (B, h*w, 7) contiguous uint8 in 1..255.
@@ -90,6 +109,7 @@ def quantise_probs7_ref(logits: Tensor) -> Tensor:
     """
     if logits.dim() != 4 or logits.shape[1] != NUM_LOGITS:
         raise ValueError(f"logits must have shape (B, 6, h, w), got {tuple(logits.shape)}")
+    _check_prob_code(prob_code)
     z = logits.to(torch.float32)
     if bool(torch.isnan(z).any()):
         raise ValueError("logits contain NaN; refusing to build coder probabilities")
@@ -103,8 +123,12 @@ def quantise_probs7_ref(logits: Tensor) -> Tensor:
             columns.append(lg + a * float(rs))
         else:
             columns.append(lb + b * float(rs) + c * float(gs))
-    p = torch.sigmoid(torch.stack(columns, dim=-1))  # (B, h, w, 7)
-    q = torch.round(p * 256).clamp_(1, 255).to(torch.uint8)
+    coupled = torch.stack(columns, dim=-1)  # (B, h, w, 7)
+    if prob_code == "logit":
+        q = torch.round((coupled * LOGIT_STEPS).clamp_(-128, 128) + 128)
+    else:
+        q = torch.round(torch.sigmoid(coupled) * 256)
+    q = q.clamp_(1, 255).to(torch.uint8)
     return q.reshape(q.shape[0], -1, 7).contiguous()
 
 
@@ -155,8 +179,8 @@ def entropy_proj_ref(parts: Sequence[Tensor], gate: Tensor | None, weight: Tenso
 
 
 def entropy_tail_ref(h: Tensor, weight: Tensor, bias: Tensor | None, act: str = "silu",
-                     return_logits: bool = False) -> Tensor | tuple[Tensor, Tensor]:
-    """Plain torch: ``quantise_probs7_ref(conv3x3(act(h)))``.
+                     return_logits: bool = False, prob_code: str = "logit") -> Tensor | tuple[Tensor, Tensor]:
+    """Plain torch: ``quantise_probs7_ref(conv3x3(act(h)), prob_code)``.
 
     Args:
         h: (B, C, h, w) output of the head's residual blocks.
@@ -171,7 +195,7 @@ def entropy_tail_ref(h: Tensor, weight: Tensor, bias: Tensor | None, act: str = 
         raise ValueError(f"act must be one of {sorted(_ACTIVATIONS)}, got {act!r}")
     x = F.silu(h) if act == "silu" else h
     logits = F.conv2d(x.to(weight.dtype), weight, bias, padding=1)
-    probs7 = quantise_probs7_ref(logits)
+    probs7 = quantise_probs7_ref(logits, prob_code)
     return (probs7, logits) if return_logits else probs7
 
 
@@ -247,10 +271,15 @@ if HAS_TRITON:
         return tl.where(up, f + 1.0, f)
 
     @triton.jit
-    def _quantise(z):
-        """clamp(round(256 σ(z)), 1, 255) as float (256·σ is exact: a power-of-two scaling)."""
-        p = 1.0 / (1.0 + tl.exp(-z))
-        q = _round_half_even(p * 256.0)
+    def _quantise(z, LOGIT: tl.constexpr):
+        """The probability byte of coupled logit z, as float (the contract above).
+
+        logit: clamp(round(clamp(16 z, -128, 128) + 128), 1, 255); linear:
+        clamp(round(256 σ(z)), 1, 255). 16 z and 256·σ are exact (powers of two)."""
+        if LOGIT:
+            q = _round_half_even(tl.minimum(tl.maximum(z * 16.0, -128.0), 128.0) + 128.0)
+        else:
+            q = _round_half_even((1.0 / (1.0 + tl.exp(-z))) * 256.0)
         return tl.minimum(tl.maximum(q, 1.0), 255.0)
 
     @triton.jit
@@ -273,11 +302,11 @@ if HAS_TRITON:
         LOGITS_ptr,  # (B, 6, h, w) float32 contiguous, written iff WRITE_LOGITS
         NAN_ptr,  # (programs,) int32: 1 where the program saw a NaN logit
         height_q, width_q, n_pos, n_pos_blocks,
-        ACT: tl.constexpr, WRITE_LOGITS: tl.constexpr,
+        ACT: tl.constexpr, WRITE_LOGITS: tl.constexpr, LOGIT: tl.constexpr,
         BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr, N_PAD: tl.constexpr,
     ):
         """Per position p of image b: logits = bias + sum_{tap, c} W[:, c, tap] * act(H[b, c, p + tap]);
-        then q_j = clamp(round(256 σ(coupled_j(logits))), 1, 255) for the 7 coupled logits."""
+        then q_j = _quantise(coupled_j(logits)) for the 7 coupled logits."""
         pid = tl.program_id(0).to(tl.int64)
         b = pid // n_pos_blocks
         p = (pid % n_pos_blocks) * BLOCK_P + tl.arange(0, BLOCK_P)
@@ -317,13 +346,13 @@ if HAS_TRITON:
         # The coupled logits in the reference's order of float operations.
         b_lo = lb - cb
         b_hi = lb + cb
-        q0 = _quantise(lr)
-        q1 = _quantise(lg - ca)
-        q2 = _quantise(lg + ca)
-        q3 = _quantise(b_lo - cc)
-        q4 = _quantise(b_lo + cc)
-        q5 = _quantise(b_hi - cc)
-        q6 = _quantise(b_hi + cc)
+        q0 = _quantise(lr, LOGIT)
+        q1 = _quantise(lg - ca, LOGIT)
+        q2 = _quantise(lg + ca, LOGIT)
+        q3 = _quantise(b_lo - cc, LOGIT)
+        q4 = _quantise(b_lo + cc, LOGIT)
+        q5 = _quantise(b_hi - cc, LOGIT)
+        q6 = _quantise(b_hi + cc, LOGIT)
         tile = (tl.where(cols[None, :] == 0, q0[:, None], 0.0) + tl.where(cols[None, :] == 1, q1[:, None], 0.0)
                 + tl.where(cols[None, :] == 2, q2[:, None], 0.0) + tl.where(cols[None, :] == 3, q3[:, None], 0.0)
                 + tl.where(cols[None, :] == 4, q4[:, None], 0.0) + tl.where(cols[None, :] == 5, q5[:, None], 0.0)
@@ -401,8 +430,9 @@ def entropy_proj(parts: Sequence[Tensor], gate: Tensor | None, weight: Tensor, b
 
 
 def entropy_tail(h: Tensor, weight: Tensor, bias: Tensor | None, act: str = "silu",
-                 return_logits: bool = False, check_nan: bool = True) -> Tensor | tuple[Tensor, Tensor]:
-    """Kernel B: act + 3x3 conv + coupling + σ + 8-bit quantisation, into the coder's buffer.
+                 return_logits: bool = False, check_nan: bool = True,
+                 prob_code: str = "logit") -> Tensor | tuple[Tensor, Tensor]:
+    """Kernel B: act + 3x3 conv + coupling + quantisation, into the coder's buffer.
 
     Same function as :func:`entropy_tail_ref` (tolerance in the module docstring).
 
@@ -414,6 +444,7 @@ def entropy_tail(h: Tensor, weight: Tensor, bias: Tensor | None, act: str = "sil
         check_nan: raise ``ValueError`` if a logit is NaN (one tiny
             device-to-host read of per-program flags; the caller reads the
             probabilities right after anyway).
+        prob_code: one of :data:`PROB_CODES`.
 
     Returns:
         probs7 (B, h*w, 7) uint8 contiguous, and the logits if asked.
@@ -425,6 +456,7 @@ def entropy_tail(h: Tensor, weight: Tensor, bias: Tensor | None, act: str = "sil
         raise ValueError(f"weight must be float32 (6, {n_ch}, 3, 3), got {weight.dtype} {tuple(weight.shape)}")
     if bias is not None and bias.shape != (NUM_LOGITS,):
         raise ValueError(f"bias must be (6,), got {tuple(bias.shape)}")
+    _check_prob_code(prob_code)
     require_triton(h, weight, bias)
     device = h.device
     n_pos = height * width
@@ -445,7 +477,7 @@ def entropy_tail(h: Tensor, weight: Tensor, bias: Tensor | None, act: str = "sil
             h, *h.stride(), n_ch,
             wt, bias_pad, probs7, logits, nan_flags,
             height, width, n_pos, n_pos_blocks,
-            ACT=_ACTIVATIONS[act], WRITE_LOGITS=return_logits,
+            ACT=_ACTIVATIONS[act], WRITE_LOGITS=return_logits, LOGIT=prob_code == "logit",
             BLOCK_P=_BLOCK_P, BLOCK_K=_BLOCK_K, N_PAD=_N_PAD, num_warps=4,
         )
     if check_nan and bool(nan_flags.any()):

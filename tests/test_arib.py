@@ -126,6 +126,23 @@ def test_stream_size_matches_the_bits_back_accounting() -> None:
     assert abs(actual - expected) <= 0.01 * expected + 2 * 18 * 8 + 64
 
 
+@pytest.mark.parametrize("prob_code", ["linear", "logit"])
+def test_both_probability_codes_round_trip_and_the_wrong_one_fails_loudly(prob_code: str) -> None:
+    """Files of either code decode with it (the container records which); the other code never
+    decodes them silently."""
+    nets, multiple = arib_nets(3, scale=0.1)
+    items = _items(np.random.default_rng(4), 7)
+    streams, stats = AribCodec(nets, multiple, 2, "dataset", prob_code=prob_code).encode(items)
+    shapes, qp, pad = [i.shape for i in items], stats.qp.tolist(), stats.padding_words.tolist()
+    decoded = AribCodec(nets, multiple, 2, "dataset", prob_code=prob_code).decode(shapes, streams, qp, pad)
+    for got, want in zip(decoded, items):
+        np.testing.assert_array_equal(got, want)
+    assert abs(sum(len(s) for s in streams) * 8 - stats.net_bits().sum()) <= 0.01 * stats.net_bits().sum() + 400
+    other = "logit" if prob_code == "linear" else "linear"
+    with pytest.raises(ValueError):
+        AribCodec(nets, multiple, 2, "dataset", prob_code=other).decode(shapes, streams, qp, pad)
+
+
 def test_corrupted_stream_fails_loudly() -> None:
     nets, multiple = arib_nets()
     items = _items(np.random.default_rng(0), 6)
@@ -200,3 +217,22 @@ def test_bits_back_accounting_and_dataset_mode_on_a_trained_model(trained_model_
     assert abs(dataset_bits - stats.net_bits().sum()) <= 0.01 * stats.net_bits().sum() + 4 * 160
     # The same 16 images coded on their own cost more per image than the 64 chained ones.
     assert dataset_bits / 64 < single_bits / 16
+
+
+def test_files_record_the_logit_code_and_a_forged_code_fails_loudly(trained_model_file) -> None:
+    from aribbps import api, zoo
+    from aribbps.container import decode_archive, encode_archive
+    from aribbps.errors import ArchiveError, ChecksumError
+    from aribbps.imageio import LoadedImage
+    from tests.conftest import smooth_images
+
+    model = zoo.load(trained_model_file)
+    pixels = smooth_images(3, 16, seed=5).numpy().transpose(0, 2, 3, 1)
+    images = [LoadedImage(f"p{i}.png", "PNG", "RGB", np.ascontiguousarray(p)) for i, p in enumerate(pixels)]
+    archive = decode_archive(api.encode_images(images, model, lanes=2, mode="dataset").data)
+    assert archive.prob_code == "logit"
+    decoded = api.decode_archive_images(archive, model)
+    assert all(np.array_equal(d.pixels, im.pixels) for d, im in zip(decoded, images))
+    archive.prob_code = "linear"  # a forged flag: the streams were coded with the other meaning
+    with pytest.raises((ArchiveError, ChecksumError)):
+        api.decode_archive_images(decode_archive(encode_archive(archive)), model)

@@ -1,13 +1,15 @@
 """The lane coder: exact round trips, bits-back, sizes, hostile streams."""
 from __future__ import annotations
 
+import math
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aribbps.coder import (LATENT_PRECISION_BITS, LaneCoder, NotEnoughBitsError, StreamError,
-                           latent_freqs)
+                           binary_code_ones, latent_freqs)
+from kernels.entropy_tail import LOGIT_STEPS, PROB_CODES
 
 KINDS = ("binary", "rgb", "uniform", "latent", "padding")
 
@@ -68,10 +70,11 @@ def _pop_and_check(coder: LaneCoder, op: dict) -> None:
 def test_random_mixtures_round_trip_through_bytes(seed: int, lanes: int, n_ops: int, threads: int) -> None:
     rng = np.random.default_rng(seed)
     ops = [_random_op(rng, KINDS[int(rng.integers(len(KINDS)))], lanes) for _ in range(n_ops)]
-    encoder = LaneCoder(lanes, threads)
+    prob_code = PROB_CODES[seed % 2]
+    encoder = LaneCoder(lanes, threads, prob_code)
     for op in ops:
         _push(encoder, op)
-    decoder = LaneCoder.from_bytes(encoder.to_bytes(), threads=threads)
+    decoder = LaneCoder.from_bytes(encoder.to_bytes(), threads=threads, prob_code=prob_code)
     for op in reversed(ops):
         _pop_and_check(decoder, op)
     assert decoder.is_empty().all()
@@ -142,17 +145,34 @@ def test_bad_arguments_raise_value_error() -> None:
     assert (coder.is_empty()).all()
 
 
-def test_coded_size_is_close_to_the_information_content() -> None:
+@pytest.mark.parametrize("prob_code", PROB_CODES)
+def test_coded_size_is_close_to_the_information_content(prob_code: str) -> None:
     rng = np.random.default_rng(5)
     lanes, n = 4, 200_000
     probs = rng.integers(1, 256, (lanes, n), dtype=np.uint8)
-    bits = (rng.integers(0, 256, (lanes, n)) < probs).astype(np.uint8)
-    p1 = probs / 256.0
+    precision, one = binary_code_ones(PROB_CODES.index(prob_code))
+    p1 = one[probs] / 2.0**precision
+    bits = (rng.random((lanes, n)) < p1).astype(np.uint8)
     ideal = -(np.where(bits == 1, np.log2(p1), np.log2(1 - p1))).sum(axis=1)
-    coder = LaneCoder(lanes)
+    coder = LaneCoder(lanes, prob_code=prob_code)
     coder.push_binary(bits, probs)
     sizes = np.array([len(s) * 8 for s in coder.to_bytes()])
     assert (sizes <= ideal * 1.001 + 8 * 32).all(), (sizes, ideal)
+    assert (sizes >= ideal * 0.99).all(), (sizes, ideal)  # the bytes do mean these probabilities
+
+
+def test_the_probability_codes() -> None:
+    """linear: q / 256; logit: round(2^16 σ((q - 128) / 16)) / 2^16, as documented."""
+    bits, one = binary_code_ones(PROB_CODES.index("linear"))
+    assert bits == 8 and one[1:].tolist() == list(range(1, 256))
+    bits, one = binary_code_ones(PROB_CODES.index("logit"))
+    expected = [round(2**16 / (1 + math.exp(-(q - 128) / LOGIT_STEPS))) for q in range(1, 256)]
+    assert bits == 16 and one[1:].tolist() == expected
+    assert one[128] == 2**15 and one[1] == 23 and one[255] == 2**16 - 23
+    with pytest.raises(ValueError, match="unknown probability code 2"):
+        binary_code_ones(2)
+    with pytest.raises(ValueError, match="prob_code must be one of"):
+        LaneCoder(1, prob_code="cubic")
 
 
 def test_latent_freqs_contract() -> None:
@@ -168,20 +188,27 @@ def test_latent_freqs_contract() -> None:
 
 def test_pinned_bitstream() -> None:
     """The byte format is part of the .arib format: it must never change silently."""
-    coder = LaneCoder(1)
-    coder.push_binary([np.array([1, 0, 1, 1], np.uint8)], [np.array([200, 3, 128, 255], np.uint8)])
-    coder.push_uniform([np.array([5, 6], np.uint32)], 3)
-    coder.push_latent([np.array([700], np.uint32)], [np.array([-300], np.int32)], 10)
-    (stream,) = coder.to_bytes()
-    assert stream.hex() == PINNED_STREAM
+    bits, probs = [np.array([1, 0, 1, 1], np.uint8)], [np.array([200, 3, 128, 255], np.uint8)]
+    for prob_code, pinned in (("linear", PINNED_STREAM), ("logit", PINNED_STREAM_LOGIT)):
+        coder = LaneCoder(1, prob_code=prob_code)
+        coder.push_binary(bits, probs)
+        coder.push_uniform([np.array([5, 6], np.uint32)], 3)
+        coder.push_latent([np.array([700], np.uint32)], [np.array([-300], np.int32)], 10)
+        (stream,) = coder.to_bytes()
+        assert stream.hex() == pinned
+        decoder = LaneCoder.from_bytes([stream], prob_code=prob_code)
+        assert decoder.pop_latent([np.array([-300], np.int32)], 10)[0].tolist() == [700]
+        assert decoder.pop_uniform([2], 3)[0].tolist() == [5, 6]
+        assert decoder.pop_binary(probs)[0].tolist() == bits[0].tolist()
     for old_or_new in (PINNED_STREAM_LAYOUT_1, PINNED_STREAM):  # layout 1 is still read
-        decoder = LaneCoder.from_bytes([bytes.fromhex(old_or_new)])
-        assert decoder.to_bytes() == [stream]
+        decoder = LaneCoder.from_bytes([bytes.fromhex(old_or_new)], prob_code="linear")
+        assert decoder.to_bytes() == [bytes.fromhex(PINNED_STREAM)]
         assert decoder.pop_latent([np.array([-300], np.int32)], 10)[0].tolist() == [700]
 
 
 # Layout 2: head 0x94 (turn 1, state0 in 6 bytes, state1 in 5), the states, no words.
-PINNED_STREAM = "9442f0dfbf2840854de17a14"
+PINNED_STREAM = "9442f0dfbf2840854de17a14"  # linear probabilities
+PINNED_STREAM_LOGIT = "9411fadf34353f850e842d10"
 PINNED_STREAM_LAYOUT_1 = "010142f0dfbf28400000854de17a14000000"
 
 

@@ -344,8 +344,27 @@ def test_version_3_flags_are_checked() -> None:
     meta = meta_v3([])
     assert decode_archive(forge(flags=0x0D, meta=meta)).mode == "single"  # single, cuda, triton
     expect_archive_error(forge(flags=0x03, meta=meta), "unknown coding mode code 3")
-    for bit in (0x40, 0x80):
-        expect_archive_error(forge(flags=bit, meta=meta), f"unsupported flags 0x{bit:02x}")
+    expect_archive_error(forge(flags=0x80, meta=meta), "unsupported flags 0x80")
+    assert decode_archive(forge(flags=0x01, meta=meta)).prob_code == "linear"
+    assert decode_archive(forge(flags=0x41, meta=meta)).prob_code == "logit"
+
+
+def test_the_probability_code_round_trips_in_flag_bit_6() -> None:
+    """Older files (versions 1-2, or 3 without the bit) read as linear; the tables agree with the kernels'."""
+    from aribbps import coder
+    from kernels import entropy_tail
+
+    assert C.PROB_CODES == entropy_tail.PROB_CODES == coder.PROB_CODES
+    a = small_archive(1, 1)
+    linear = encode_archive(a)
+    a.prob_code = "logit"
+    data = encode_archive(a)
+    assert data[15] == linear[15] | 0x40 and len(data) == len(linear)
+    assert decode_archive(data) == a
+    assert decode_archive(_docs_hex_dump("<!-- example-hexdump-v2 -->")).prob_code == "linear"
+    a.prob_code = "cubic"
+    with pytest.raises(ValueError, match="prob_code must be one of"):
+        encode_archive(a)
 
 
 def _nameless_meta(n: int, fmts: bytes | None = None) -> bytes:

@@ -32,6 +32,8 @@ from aribbps.probability import quantise_probs7
 from kernels import HAS_TRITON, interpreter_mode
 from kernels import dispatch
 from kernels.entropy_tail import (
+    LOGIT_STEPS,
+    PROB_CODES,
     eca_gate,
     entropy_proj,
     entropy_proj_ref,
@@ -65,15 +67,18 @@ def assert_logits_close(out: torch.Tensor, ref32: torch.Tensor, ref64: torch.Ten
     return (out.double() - ref32.double()).abs().max().item()
 
 
-def coupled_scaled(logits: torch.Tensor) -> torch.Tensor:
-    """256·σ of the 7 coupled logits in float64, (B, h*w, 7), the values q rounds."""
+def coupled_scaled(logits: torch.Tensor, prob_code: str = "logit") -> torch.Tensor:
+    """The values q rounds, in float64, (B, h*w, 7): 16·z + 128 (logit) or 256·σ(z) (linear)
+    of the 7 coupled logits z."""
     z = logits.double()
     lr, lg, lb, a, b, c = z.unbind(1)
-    cols = [lr, lg - a, lg + a, lb - b - c, lb - b + c, lb + b - c, lb + b + c]
-    return (torch.sigmoid(torch.stack(cols, -1)) * 256).reshape(z.shape[0], -1, 7)
+    coupled = torch.stack([lr, lg - a, lg + a, lb - b - c, lb - b + c, lb + b - c, lb + b + c], -1)
+    scaled = coupled * LOGIT_STEPS + 128 if prob_code == "logit" else torch.sigmoid(coupled) * 256
+    return scaled.reshape(z.shape[0], -1, 7)
 
 
-def assert_probs7_match(q: torch.Tensor, q_ref: torch.Tensor, ref_logits: torch.Tensor, logit_err: float) -> None:
+def assert_probs7_match(q: torch.Tensor, q_ref: torch.Tensor, ref_logits: torch.Tensor, logit_err: float,
+                        prob_code: str = "logit") -> None:
     """Equal, except by one where the reference is within the documented margin of a .5 boundary."""
     assert q.dtype == torch.uint8 and q.shape == q_ref.shape and q.is_contiguous()
     assert int(q.min()) >= 1 and int(q.max()) <= 255
@@ -81,7 +86,7 @@ def assert_probs7_match(q: torch.Tensor, q_ref: torch.Tensor, ref_logits: torch.
     if not bool(diff.any()):
         return
     margin = 64 * 3 * logit_err + 1e-4
-    v = coupled_scaled(ref_logits)
+    v = coupled_scaled(ref_logits, prob_code)
     near_half = ((v - v.floor()) - 0.5).abs() <= margin
     bad = (diff > 0) & ~near_half
     assert not bool(bad.any()) and int(diff.max()) <= 1, (
@@ -90,22 +95,31 @@ def assert_probs7_match(q: torch.Tensor, q_ref: torch.Tensor, ref_logits: torch.
 
 
 # ---------------------------------------------------------------- references
-def test_quantise_ref_is_bit_identical_to_the_model_code():
-    g = _gen(0)
-    logits = torch.randn((3, 6, 5, 7), generator=g) * 6
-    logits[0, 0, 0, 0] = float("inf")
-    logits[0, 1, 0, 1] = float("-inf")
-    logits[1, 3, 1, 1] = 3e38
-    logits[1, 4, 2, 2], logits[1, 2, 2, 2] = float("inf"), float("-inf")
-    logits[2, :, 0, 0] = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
-    assert torch.equal(quantise_probs7_ref(logits), quantise_probs7(logits))
-    assert torch.equal(quantise_probs7_ref(logits.double()), quantise_probs7(logits.double()))
-    assert torch.equal(dispatch.quantise_probs7(logits), quantise_probs7(logits))
-    logits[2, 5, 4, 6] = float("nan")
+def test_quantise_ref_follows_the_contract():
+    """Both probability codes on hand-picked logits, ±inf and 3e38 included; the model code is the ref."""
+    logits = torch.zeros((1, 6, 1, 8))
+    logits[0, 0] = torch.tensor([0.0, 1 / 32, 3 / 32, -1 / 32, 2.0, -7.9, float("inf"), float("-inf")])
+    logits[0, 1, 0, 0], logits[0, 3, 0, 0] = float("inf"), float("-inf")  # g|r=0 = inf + inf, g|r=1 = inf - inf
+    logits[0, 2, 0, 1] = 3e38
+    logit = quantise_probs7_ref(logits, "logit")[0]
+    # 16·z + 128, rounded half to even, clamped to 1..255
+    assert logit[:, 0].tolist() == [128, 128, 130, 128, 160, 2, 255, 1]
+    assert logit[0, 1:3].tolist() == [255, 128] and logit[1, 3:].tolist() == [255] * 4
+    linear = quantise_probs7_ref(logits, "linear")[0]
+    assert linear[:, 0].tolist() == [128, 130, 134, 126, 225, 1, 255, 1]  # round(256·σ(z))
+    assert linear[0, 1:3].tolist() == [255, 128]
+    for code in PROB_CODES:
+        assert torch.equal(quantise_probs7(logits, code), quantise_probs7_ref(logits, code))
+        assert torch.equal(dispatch.quantise_probs7(logits, code), quantise_probs7_ref(logits, code))
+        assert torch.equal(quantise_probs7_ref(logits.double(), code), quantise_probs7_ref(logits, code))
+    assert torch.equal(quantise_probs7(logits)[0], logit)  # what files are written with
+    logits[0, 5, 0, 6] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
         quantise_probs7_ref(logits)
     with pytest.raises(ValueError, match="shape"):
         quantise_probs7_ref(logits[:, :5])
+    with pytest.raises(ValueError, match="prob_code"):
+        quantise_probs7_ref(logits[:, :, :, :6], "cubic")
 
 
 @pytest.mark.parametrize("with_valid", [True, False])
@@ -214,21 +228,22 @@ TAIL_CASES = [(2, 40, 5, 7), (1, 8, 1, 1), (3, 16, 3, 5), (1, 33, 9, 8)]  # (B, 
 @quiet_exp
 @pytest.mark.parametrize("case", TAIL_CASES, ids=lambda c: "x".join(map(str, c)))
 @pytest.mark.parametrize("act", ["silu", "none"])
-def test_tail_kernel_matches_reference(case, act):
+@pytest.mark.parametrize("prob_code", PROB_CODES)
+def test_tail_kernel_matches_reference(case, act, prob_code):
     b, c, h, w = case
     g = _gen(c * h + w)
     x = torch.randn((b, c, h, w), generator=g) * 2
     weight = torch.randn((6, c, 3, 3), generator=g) * 0.4
     bias = torch.randn((6,), generator=g) if act == "silu" else None
-    probs7, logits = entropy_tail(x, weight, bias, act=act, return_logits=True)
-    q_ref, l_ref = entropy_tail_ref(x, weight, bias, act=act, return_logits=True)
+    probs7, logits = entropy_tail(x, weight, bias, act=act, return_logits=True, prob_code=prob_code)
+    q_ref, l_ref = entropy_tail_ref(x, weight, bias, act=act, return_logits=True, prob_code=prob_code)
     _, l64 = entropy_tail_ref(x.double(), weight.double(), None if bias is None else bias.double(), act=act,
                               return_logits=True)
     assert logits.shape == (b, 6, h, w) and logits.is_contiguous()
     err = assert_logits_close(logits, l_ref, l64)
-    assert_probs7_match(probs7, q_ref, l_ref, err)
+    assert_probs7_match(probs7, q_ref, l_ref, err, prob_code)
     # Without the logits the kernel writes the same probabilities.
-    assert torch.equal(entropy_tail(x, weight, bias, act=act), probs7)
+    assert torch.equal(entropy_tail(x, weight, bias, act=act, prob_code=prob_code), probs7)
 
 
 def _diagonal_tail(scale: float) -> torch.Tensor:
@@ -240,7 +255,8 @@ def _diagonal_tail(scale: float) -> torch.Tensor:
 
 @needs_triton
 @quiet_exp
-def test_tail_saturates_infinite_logits_like_the_reference():
+@pytest.mark.parametrize("prob_code", PROB_CODES)
+def test_tail_saturates_infinite_logits_like_the_reference(prob_code):
     """±inf logits (from overflow) give q = 255 / 1, and inf - inf gives 128, as quantise_probs7."""
     g = _gen(5)
     x = torch.randn((1, 6, 3, 4), generator=g)
@@ -249,14 +265,14 @@ def test_tail_saturates_infinite_logits_like_the_reference():
     x[0, 1, 1, 1], x[0, 3, 1, 1] = 1e30, -1e30  # lg = inf, a = -inf: g|r=1 = inf - inf -> 0
     x[0, 2, 2, 2], x[0, 4, 2, 2] = 1e30, 1e30  # lb = b = inf
     values, weight = x, _diagonal_tail(1e10)
-    probs7, logits = entropy_tail(values, weight, None, act="none", return_logits=True)
-    q_ref, l_ref = entropy_tail_ref(values, weight, None, act="none", return_logits=True)
+    probs7, logits = entropy_tail(values, weight, None, act="none", return_logits=True, prob_code=prob_code)
+    q_ref, l_ref = entropy_tail_ref(values, weight, None, act="none", return_logits=True, prob_code=prob_code)
     assert torch.isinf(l_ref).sum() == 6
     assert torch.equal(torch.isinf(logits), torch.isinf(l_ref))
     assert probs7[0, 0, 0] == 255 and probs7[0, 1, 0] == 1
     assert probs7[0, 5, 2] == 128 and probs7[0, 5, 1] == 255
     err = (logits[torch.isfinite(l_ref)] - l_ref[torch.isfinite(l_ref)]).abs().max().item()
-    assert_probs7_match(probs7, q_ref, torch.nan_to_num(l_ref, posinf=1e30, neginf=-1e30), err)
+    assert_probs7_match(probs7, q_ref, torch.nan_to_num(l_ref, posinf=1e30, neginf=-1e30), err, prob_code)
 
 
 @needs_triton
