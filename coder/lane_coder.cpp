@@ -170,7 +170,8 @@ void LaneCoder::pop_rgb(const uint8_t* probs, const int64_t* offsets, uint8_t* b
   check_offsets(offsets);
   check_probs(probs, offsets, stacks_.size(), 7);
   for_lanes_atomic([&](size_t l, RansStack& s) {
-    s.pop_rgb(probs + 7 * offsets[l], static_cast<size_t>(offsets[l + 1] - offsets[l]), bits_out + 3 * offsets[l], *code_);
+    const size_t n = static_cast<size_t>(offsets[l + 1] - offsets[l]);
+    s.pop_rgb(probs + 7 * offsets[l], n, bits_out + 3 * offsets[l], *code_);
   });
 }
 

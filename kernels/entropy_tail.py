@@ -68,8 +68,8 @@ from torch import Tensor
 from kernels import HAS_TRITON, calculate_settings, require_triton
 from kernels.launch_lock import LAUNCH_LOCK
 
-__all__ = ["INF_LOGIT", "LOGIT_STEPS", "NUM_LOGITS", "PROB_CODES", "eca_gate", "entropy_proj", "entropy_proj_ref", "entropy_tail",
-           "entropy_tail_ref", "quantise_probs7_ref"]
+__all__ = ["INF_LOGIT", "LOGIT_STEPS", "NUM_LOGITS", "PROB_CODES", "eca_gate", "entropy_proj", "entropy_proj_ref",
+           "entropy_tail", "entropy_tail_ref", "quantise_probs7_ref"]
 
 #: Logits per pixel: (lr, lg, lb, a, b, c).
 NUM_LOGITS = 6
