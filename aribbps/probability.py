@@ -17,10 +17,10 @@ difference from the encoder corrupts the rest of the stream. So:
      ``one[q] = round(2^16 σ((q - 128) / 16))`` (23..65513, the coder's
      table, :func:`aribbps.coder.binary_code_ones`); from the coupled logit
      ``z``, ``q = clamp(round(clamp(16·z, -128, 128) + 128), 1, 255)``, the
-     addition in float32. Steps of 1/16 in the logit cost about 0.005% of
-     the bits; a near-certain bit costs 0.0005 bits.
+     addition in float32. Steps of 1/16 in the logit cost at most about
+     0.03% of the bits; a near-certain bit costs 0.0005 bits.
    * ``linear`` (files written before): ``P(1) = q / 256``,
-     ``q = clamp(round(256·σ(z)), 1, 255)``. It cost 0.3-0.6% more: a
+     ``q = clamp(round(256·σ(z)), 1, 255)``. It cost 0.3-0.7% more: a
      near-certain bit costs at least 0.0056 bits.
 
    Never 0 or 1, so both values of every bit stay codable.
