@@ -500,7 +500,8 @@ def info(archive_path: str | Path) -> dict:
         "weights": archive.model_hash.hex()[:12], "mode": archive.mode, "lanes": archive.lanes,
         "lane_groups": archive.extra.get(GROUPS_KEY, 1),
         "tile": archive.tile_size, "device": archive.device_kind, "kernels": archive.kernel_path,
-        "probabilities": archive.prob_code, "images": len(archive.images), "subpixels": subpixels, "bpd": size * 8 / subpixels if subpixels else 0.0,
+        "probabilities": archive.prob_code, "images": len(archive.images), "subpixels": subpixels,
+        "bpd": size * 8 / subpixels if subpixels else 0.0,
         "lane_bytes": [len(s) for s in archive.lane_streams],
         "records": [{"name": r.name, "format": r.fmt, "mode": r.mode, "width": r.width, "height": r.height}
                     for r in archive.images],

@@ -40,6 +40,8 @@ to ``[1e-6, 1 - 1e-6]`` (:func:`coupled_probs`, :func:`bits_cost`).
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -140,11 +142,14 @@ def select_probs7(probs7: np.ndarray | Tensor, bits: np.ndarray | Tensor) -> np.
     return np.stack((q_r, q_g, q_b), axis=1)
 
 
+@functools.lru_cache(maxsize=None)
 def probability_masses(prob_code: str) -> tuple[int, np.ndarray]:
-    """``(bits, one)``: under ``prob_code`` a byte q means P(1) = one[q] / 2^bits."""
+    """``(bits, one)``: under ``prob_code`` a byte q means P(1) = one[q] / 2^bits (read-only)."""
     if prob_code not in PROB_CODES:
         raise ValueError(f"prob_code must be one of {PROB_CODES}, got {prob_code!r}")
-    return binary_code_ones(PROB_CODES.index(prob_code))
+    bits, one = binary_code_ones(PROB_CODES.index(prob_code))
+    one.flags.writeable = False  # cached: shared by every caller
+    return bits, one
 
 
 def quantised_bits_cost(

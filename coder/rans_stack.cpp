@@ -1,6 +1,5 @@
 #include "rans_stack.hpp"
 
-#include <array>
 #include <string>
 #include <utility>
 
