@@ -179,21 +179,22 @@ def test_lattice_conv_on_cuda(s):
 
 
 @triton_gpu
-def test_entropy_kernels_on_cuda_match_and_are_deterministic():
+@pytest.mark.parametrize("prob_code", ["logit", "linear"])
+def test_entropy_kernels_on_cuda_match_and_are_deterministic(prob_code):
     from kernels.entropy_tail import entropy_proj, entropy_proj_ref, entropy_tail, entropy_tail_ref
 
     assert_probs7_match = _entropy_tests().assert_probs7_match  # the documented tolerance
 
     h, weight, bias = _tail_inputs(0)
-    probs7, logits = entropy_tail(h, weight, bias, return_logits=True)
-    q_ref, l_ref = entropy_tail_ref(h, weight, bias, return_logits=True)
+    probs7, logits = entropy_tail(h, weight, bias, return_logits=True, prob_code=prob_code)
+    q_ref, l_ref = entropy_tail_ref(h, weight, bias, return_logits=True, prob_code=prob_code)
     _, l64 = entropy_tail_ref(h.double(), weight.double(), bias.double(), return_logits=True)
     err = (logits.double() - l64).abs().max().item()
     assert err <= 2 * (l_ref.double() - l64).abs().max().item() + 1e-6 * (1 + l64.abs().max().item())
-    assert_probs7_match(probs7, q_ref, l_ref, (logits - l_ref).abs().max().item())
+    assert_probs7_match(probs7, q_ref, l_ref, (logits - l_ref).abs().max().item(), prob_code)
     for _ in range(3):
-        assert torch.equal(entropy_tail(h, weight, bias), probs7)
-    assert torch.equal(entropy_tail(h[2:], weight, bias), probs7[2:])
+        assert torch.equal(entropy_tail(h, weight, bias, prob_code=prob_code), probs7)
+    assert torch.equal(entropy_tail(h[2:], weight, bias, prob_code=prob_code), probs7[2:])
 
     g = torch.Generator().manual_seed(1)
     full = torch.randn((4, 160, 32, 32), generator=g).cuda()
