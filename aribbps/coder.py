@@ -28,7 +28,7 @@ LATENT_PRECISION_BITS: int = _coder.LATENT_PRECISION_BITS
 LATENT_D_FRAC_BITS: int = _coder.LATENT_D_FRAC_BITS
 LATENT_D_MAX: int = _coder.LATENT_D_MAX
 #: What the binary calls' probability bytes can mean, by the coder's code
-#: (``kernels.entropy_tail.PROB_CODES`` and the container name the same).
+#: (``kernels.entropy_tail.PROB_CODES`` names the same; the container's flag bit 6 is the index).
 PROB_CODES: tuple[str, ...] = tuple(_coder.PROB_CODES)
 
 PerLane = Union[np.ndarray, Sequence[np.ndarray]]

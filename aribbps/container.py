@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import StrPath, atomic_write_bytes
+from .coder import PROB_CODES
 from .errors import ArchiveError, ModelMismatchError
 from .packed import Reader as _Reader
 from .packed import pack_dict, read_dict, str_field as _str_field, varint as _varint
@@ -97,9 +98,8 @@ _META_STORED, _META_ZLIB = 0, 1
 _V3_NAME_FROM_FILE = 1 << 5
 _V3_PROB_CODE_SHIFT = 6
 _V3_UNKNOWN_FLAGS = 0x80
-#: What the coder's probability bytes mean (flag bit 6; ``aribbps.probability``).
-#: Version 1-2 files and version-3 files without the bit are "linear".
-PROB_CODES: tuple[str, ...] = ("linear", "logit")
+# Flag bit 6 is the coder's probability code (aribbps.coder.PROB_CODES, index 0 or 1);
+# version 1-2 files and version-3 files without the bit are "linear".
 #: What a name taken from the file's own name is called when there is none.
 UNNAMED_STEM = "image"
 #: Smallest version-2/3 file: prologue with a 1-byte header size, model id,
