@@ -25,7 +25,7 @@ from aribbps.atomic import atomic_directory, atomic_write_bytes
 from aribbps.arib import ARIB_MODES, AribCodec, AribStats
 from aribbps.codec import CodingStats, PlaneCodec
 from aribbps.coder import NotEnoughBitsError, StreamError
-from aribbps import cpu_threads
+from aribbps import cpu_isa, cpu_threads
 from aribbps.container import Archive, ImageRecord, check_model, encode_archive, name_from_file, read_archive
 from aribbps.errors import ArchiveError, AribError, ChecksumError, ImageFormatError
 from aribbps.imageio import (MODE_CHANNELS, LoadedImage, join_alpha, load_image, output_name, pixel_checksum,
@@ -195,10 +195,12 @@ def encode_images(images: Sequence[LoadedImage], model: LoadedModel, lanes: int 
     mode = mode or default_mode(model, len(items))
     streams, stats, kernel_path, n_groups = _encode_items(items, model, mode, lanes, threads, progress, lane_groups)
     archive = Archive(model.name, model.weights_hash, mode, lanes, tile, model.device.type, kernel_path,
-                      records, streams, name_from_file=name_from_file, prob_code=WRITTEN_PROB_CODE)
+                      records, streams, name_from_file=name_from_file, prob_code=WRITTEN_PROB_CODE,
+                      temperatures=True)
     if n_groups > 1:
         archive.extra[GROUPS_KEY] = n_groups
     cpu_threads.record(archive.extra, model.device.type)
+    cpu_isa.record(archive.extra, model.device.type)
     if isinstance(stats, AribStats):
         _record_side_info(archive, refs, stats)
     data = encode_archive(archive)
@@ -239,18 +241,19 @@ def _encode_items(items: Sequence[np.ndarray], model: LoadedModel, mode: str, la
 
 
 def _codec(model: LoadedModel, mode: str, lanes: int, threads: int, kernel_path: str | None = None,
-           prob_code: str = WRITTEN_PROB_CODE) -> PlaneCodec:
+           prob_code: str = WRITTEN_PROB_CODE, temperatures: bool = True) -> PlaneCodec:
+    """The codec of ``mode``; the defaults are what the encoder writes, the decoder passes the file's."""
     if mode not in CODING_MODES:
         raise AribError(f"unknown coding mode {mode!r}; choose one of {', '.join(CODING_MODES)}")
     if mode == CONTEXT_MODE:
         if model.nets.sig.latent is not None:
             raise AribError(f"model {model.name!r} has a latent model: use mode 'single' or 'dataset'")
         return PlaneCodec(model.nets, model.cfg.pad_multiple, lanes, model.device, threads, kernel_path,
-                          prob_code=prob_code)
+                          prob_code=prob_code, temperatures=temperatures)
     if model.nets.sig.latent is None:
         raise AribError(f"model {model.name!r} has no latent model: only mode 'context' is available")
     return AribCodec(model.nets, model.cfg.pad_multiple, lanes, mode, model.device, threads, kernel_path,
-                     prob_code=prob_code)
+                     prob_code=prob_code, temperatures=temperatures)
 
 
 def _record_side_info(archive: Archive, refs: Sequence[tuple[_ItemRef, tuple[int, int, int]]],
@@ -381,6 +384,7 @@ def decode_archive_images(archive: Archive, model: LoadedModel, threads: int = 0
         path = dispatch.check_kernel_path(archive.kernel_path, model.device)
     except dispatch.KernelPathError as exc:
         raise ArchiveError(str(exc)) from None
+    cpu_isa.check(archive.extra, archive.device_kind, pinned_file=archive.temperatures)
     with cpu_threads.matching(archive.extra, archive.device_kind):
         items = _decode_items(archive, model, refs, threads, path, progress)
     return _assemble(archive, refs, items)
@@ -395,7 +399,8 @@ def _decode_items(archive: Archive, model: LoadedModel, refs: Sequence[tuple[_It
     except ValueError as exc:
         raise ArchiveError(str(exc)) from None
     try:
-        codecs = [_codec(model, archive.mode, g.lanes, coder_threads(threads, groups), kernel_path, archive.prob_code)
+        codecs = [_codec(model, archive.mode, g.lanes, coder_threads(threads, groups), kernel_path, archive.prob_code,
+                         archive.temperatures)
                   for g in groups]
     except AribError as exc:
         raise ArchiveError(f"cannot decode this archive: {exc}") from None
@@ -414,6 +419,7 @@ def _decode_items(archive: Archive, model: LoadedModel, refs: Sequence[tuple[_It
         except LaneSealError as exc:  # group-local item indices -> the archive's
             raise LaneSealError([group.items[i] for i in exc.items]) from None
 
+    hint = cpu_isa.unpinned_hint(archive.device_kind, archive.temperatures)
     try:
         return scatter(run_groups(decode_group, groups, model.device, progress), groups, len(shapes))
     except LaneSealError as exc:
@@ -421,11 +427,11 @@ def _decode_items(archive: Archive, model: LoadedModel, refs: Sequence[tuple[_It
         shown = ", ".join(repr(n) for n in names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
         raise ChecksumError(f"image{'s' if len(names) > 1 else ''} {shown} did not decode to the pixels that were "
                             "encoded (lane check mismatch): the file is corrupted or the decoder differs from "
-                            "the encoder") from None
+                            f"the encoder{hint}") from None
     except (StreamError, NotEnoughBitsError) as exc:
-        raise ArchiveError(f"corrupted lane stream: {exc}") from None
+        raise ArchiveError(f"corrupted lane stream: {exc}{hint}") from None
     except ValueError as exc:
-        raise ArchiveError(str(exc)) from None
+        raise ArchiveError(f"{exc}{hint}") from None
 
 
 def _assemble(archive: Archive, refs: Sequence[tuple[_ItemRef, tuple[int, int, int]]],
@@ -500,7 +506,8 @@ def info(archive_path: str | Path) -> dict:
         "weights": archive.model_hash.hex()[:12], "mode": archive.mode, "lanes": archive.lanes,
         "lane_groups": archive.extra.get(GROUPS_KEY, 1),
         "tile": archive.tile_size, "device": archive.device_kind, "kernels": archive.kernel_path,
-        "probabilities": archive.prob_code, "images": len(archive.images), "subpixels": subpixels,
+        "probabilities": archive.prob_code, "temperatures": archive.temperatures,
+        "images": len(archive.images), "subpixels": subpixels,
         "bpd": size * 8 / subpixels if subpixels else 0.0,
         "lane_bytes": [len(s) for s in archive.lane_streams],
         "records": [{"name": r.name, "format": r.fmt, "mode": r.mode, "width": r.width, "height": r.height}

@@ -20,7 +20,7 @@ pushes the significant planes, pushes the latents under the prior.
 
 Modes:
 * ``single``: each item's qp is chosen from the bits its own insignificant
-  planes provide (about bits / latent dimensions, clamped to [2, 10]); if the
+  planes provide (about bits / latent dimensions, clamped to [1, 10]); if the
   stack runs dry while sampling, the round is rolled back and the short lane
   retried with a lower qp, then with padding words (auxiliary bits).
 * ``dataset``: qp = 10; each lane is a chain, so an item's latents are
@@ -28,16 +28,16 @@ Modes:
   coded first (decoded last) of a lane can lack bits; it gets a lower qp as
   in single mode (a departure from the fixed qp of DESIGN 1.6, so that short
   chains, e.g. as many lanes as images, cost no more than single images) and
-  padding only where even qp = 2 needs more.
+  padding only where even qp = 1 needs more.
 
-The lowest qp the encoder uses is 2, not the paper's 3 (DESIGN 1.6): on
-smooth images the insignificant planes hold too few bits even for qp = 3,
-and the padding that makes up for them costs more than the coarser latent
-bins of qp = 2 (``bench/single_qp_floor.py``, figures in
-``docs/default_model.md``: 1.2-1.7% smaller single-image files on the
-held-out sets than with qp 3). qp = 1 lost to padding at qp = 2 there. The
-decoder accepts every qp the coder supports (1..16). Padding is trimmed
-after a successful sample (:func:`_trimmed_padding`).
+The lowest qp the encoder uses is 1, not the paper's 3 (DESIGN 1.6): on
+smooth images the insignificant planes hold too few bits even for qp = 2,
+and every padding bit that makes up for them costs a bit in the file, while
+the fine-tuned latent model (stage 4 on) loses little with two bins per
+dimension (``bench/single_qp_floor.py``, figures in ``docs/default_model.md``:
+single-image files 0.6-0.9% smaller on the held-out sets than with qp 2 as
+the floor). The decoder accepts every qp the coder supports (1..16). Padding
+is trimmed after a successful sample (:func:`_trimmed_padding`).
 
 The decoder reads qp and the padding word count per item; everything else is
 recomputed from the integers it decodes, exactly as the encoder built them.
@@ -52,7 +52,7 @@ import torch
 from torch import Tensor
 
 from aribbps.codec import (
-    CodingStats, ItemShape, PlaneCodec, PlaneNets, StepCodes, _check_item, _replicate_pad, _Round, plan_rounds,
+    CodingStats, PlaneCodes, ItemShape, PlaneCodec, PlaneNets, _check_item, _replicate_pad, _Round, plan_rounds,
 )
 from aribbps.coder import LATENT_PRECISION_BITS, LaneCoder, latent_freqs
 from aribbps.latent_math import LATENT_MAX_QP, LATENT_MIN_QP, bin_values
@@ -62,7 +62,7 @@ from aribbps.probability import WRITTEN_PROB_CODE
 from kernels import dispatch
 
 ARIB_MODES = ("single", "dataset")
-QP_MIN, QP_MAX = 2, 10  # the encoder's choices; the decoder accepts LATENT_MIN_QP..LATENT_MAX_QP
+QP_MIN, QP_MAX = 1, 10  # the encoder's choices; the decoder accepts LATENT_MIN_QP..LATENT_MAX_QP
 QP_DATASET = 10
 _PADDING_SEED = 0x41524942_00000000  # "ARIB" << 32; plus the item index
 _MAX_ATTEMPTS = 64
@@ -113,14 +113,15 @@ class AribCodec(PlaneCodec):
     Args:
         nets: SIG and INS networks; ``nets.sig.latent`` is the ladder VAE.
         multiple: H and W of every batch are multiples of this (>= 2**n_layers).
-        lanes, device, threads, kernel_path, overlap, prob_code: as for :class:`aribbps.codec.PlaneCodec`.
+        lanes, device, threads, kernel_path, overlap, prob_code, temperatures: as for
+            :class:`aribbps.codec.PlaneCodec`.
         mode: "single" or "dataset".
     """
 
     def __init__(self, nets: PlaneNets, multiple: int, lanes: int, mode: str,
                  device: torch.device | str = "cpu", threads: int = 0, kernel_path: str | None = None,
-                 overlap: bool | None = None, prob_code: str = WRITTEN_PROB_CODE) -> None:
-        super().__init__(nets, multiple, lanes, device, threads, kernel_path, overlap, prob_code)
+                 overlap: bool | None = None, prob_code: str = WRITTEN_PROB_CODE, temperatures: bool = True) -> None:
+        super().__init__(nets, multiple, lanes, device, threads, kernel_path, overlap, prob_code, temperatures)
         if mode not in ARIB_MODES:
             raise ValueError(f"unknown ArIB mode {mode!r}; choose one of {', '.join(ARIB_MODES)}")
         if nets.sig.latent is None:
@@ -147,12 +148,12 @@ class AribCodec(PlaneCodec):
         return coder.to_bytes(), stats
 
     def _coder_free_work(self, items: Sequence[np.ndarray], rnd: _Round, stats: AribStats
-                         ) -> tuple[Tensor, list[StepCodes], list[Tensor]]:
+                         ) -> tuple[Tensor, list[PlaneCodes], list[Tensor]]:
         """What a round's encoding computes before it touches the coder: batch, INS codes, bottom-up pass."""
         x = self.round_batch(items, rnd)
         return x, self.plane_codes(x, rnd, self.ins_planes, None, stats), self.latent.bottom_up(x)
 
-    def _encode_round(self, coder: LaneCoder, rnd: _Round, ahead: tuple[Tensor, list[StepCodes], list[Tensor]],
+    def _encode_round(self, coder: LaneCoder, rnd: _Round, ahead: tuple[Tensor, list[PlaneCodes], list[Tensor]],
                       stats: AribStats) -> LaneCoder:
         x, ins_codes, bottom_up = ahead
         n = rnd.size

@@ -157,7 +157,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=2))
         return EXIT_OK
     for key in ("file", "bytes", "model", "weights", "mode", "lanes", "lane_groups", "tile", "device", "kernels",
-                "probabilities", "images"):
+                "probabilities", "temperatures", "images"):
         print(f"{key:13s} {summary[key]}")
     print(f"{'bpd':13s} {summary['bpd']:.4f}")
     for r in summary["records"][:20]:

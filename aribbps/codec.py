@@ -27,6 +27,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import groupby
+from operator import itemgetter
 
 import numpy as np
 import torch
@@ -38,8 +40,9 @@ from aribbps.lane_seal import check_lane_seals, lane_seals
 from aribbps.models.bitplane_net import BitPlaneNet
 from aribbps.models.first_step_refine import FirstStepPart, pattern_mask
 from aribbps.overlap import default_overlap, prefetched
-from aribbps.probability import (
-    P_MAX, P_MIN, WRITTEN_PROB_CODE, coupled_probs, probability_masses, select_probs7,
+from aribbps.probability import WRITTEN_PROB_CODE, bits_cost, probability_masses, select_probs7
+from aribbps.temperature import (
+    NEUTRAL_SYMBOL, SYMBOLS, TEMPERATURE_BITS, candidate_costs, choose_symbols, scaled_probs7, temperatures,
 )
 from kernels import dispatch
 
@@ -194,6 +197,14 @@ class StepCodes:
     bits: np.ndarray  # (n, 3, H/2, W/2) uint8
 
 
+@dataclass
+class PlaneCodes:
+    """What one plane of a round hands the coder."""
+
+    steps: list[StepCodes]
+    symbols: np.ndarray | None  # (n,) temperature symbols (aribbps.temperature); None: files without them
+
+
 class PlaneCodec:
     """Codes lists of items with a model's SIG and INS networks on L lanes.
 
@@ -208,6 +219,8 @@ class PlaneCodec:
             the decoder passes the file's.
         overlap: compute the next round's network work while this one codes
             (:mod:`aribbps.overlap`; default: on CUDA only).
+        temperatures: a temperature symbol per item and plane in the lanes
+            (:mod:`aribbps.temperature`); the decoder passes the file's flag.
 
     This class codes every plane from the plane and space contexts alone
     ("context" mode). Its building blocks (:meth:`plane_codes`,
@@ -218,7 +231,7 @@ class PlaneCodec:
 
     def __init__(self, nets: PlaneNets, multiple: int, lanes: int, device: torch.device | str = "cpu",
                  threads: int = 0, kernel_path: str | None = None, overlap: bool | None = None,
-                 prob_code: str = WRITTEN_PROB_CODE) -> None:
+                 prob_code: str = WRITTEN_PROB_CODE, temperatures: bool = True) -> None:
         if lanes < 1:
             raise ValueError(f"lanes must be >= 1, got {lanes}")
         self.nets = nets
@@ -230,6 +243,7 @@ class PlaneCodec:
         #: Encoder and decoder must use the same (the container records it).
         self.kernel_path = kernel_path or dispatch.kernel_path(self.device)
         self.prob_code = prob_code
+        self.temperatures = temperatures
         #: Encoder: compute the next round's network work while this round
         #: codes (:mod:`aribbps.overlap`); default on CUDA only.
         self.overlap = default_overlap(self.device) if overlap is None else overlap
@@ -251,7 +265,7 @@ class PlaneCodec:
         coder = self.sealed_coder(items, plan, ids)
         rounds = reversed(plan)
 
-        def network(rnd: _Round) -> list[StepCodes]:
+        def network(rnd: _Round) -> list[PlaneCodes]:
             return self.plane_codes(self.round_batch(items, rnd), rnd, range(1, 9), None, stats)
 
         for rnd, codes in prefetched(network, rounds, self.device, self.overlap):
@@ -272,29 +286,59 @@ class PlaneCodec:
         return torch.from_numpy(_pad_batch([items[i] for i in rnd.items], rnd.height, rnd.width)).to(self.device)
 
     def plane_codes(self, x: Tensor, rnd: _Round, planes: Iterable[int], latent: Tensor | None,
-                    stats: CodingStats) -> list[StepCodes]:
-        """Teacher-forced coder input of ``planes`` (decoding order); adds theoretical costs to ``stats``."""
-        rgb = torch.from_numpy(rnd.rgb_lanes()).to(self.device)
+                    stats: CodingStats) -> list[PlaneCodes]:
+        """Teacher-forced coder input of ``planes`` (decoding order); adds theoretical costs to ``stats``.
+
+        With temperatures, each item's symbol for a plane is the one that
+        makes the plane cheapest, and its probabilities are requantised at it.
+        """
+        weight = torch.ones((rnd.size, 3, 1, 1), device=self.device)
+        weight[~torch.from_numpy(rnd.rgb_lanes()).to(self.device), 1:] = 0  # R only for greyscale items
         x_host = x.cpu()  # the true bits come from the host copy: no per-step transfer for them
         valid_host = rnd.valid.cpu().to(torch.uint8)
         theoretical = torch.zeros(rnd.size, dtype=torch.float64, device=self.device)
-        codes = []
-        for k, stage, probs7, logits, bits in teacher_forced_steps(self.nets, x, rnd.valid, latent, planes,
-                                                                   self.kernel_path, self.prob_code):
-            probs7 = dispatch.to_host(probs7)  # the one device-to-host copy of this stage
-            s = stage.s
-            theoretical += theoretical_cost(logits, step_view(bits, s), stage.valid(rnd.valid), rgb).double()
-            host_bits = plane_bits(x_host, k) * valid_host
-            codes.append(StepCodes(stage, probs7, step_view(host_bits, s).numpy()))
+        codes: list[PlaneCodes] = []
+        steps = teacher_forced_steps(self.nets, x, rnd.valid, latent, planes, self.kernel_path, self.prob_code)
+        for k, plane_steps in groupby(steps, key=itemgetter(0)):
+            plane = PlaneCodes([], None)
+            costs = torch.zeros((rnd.size, len(SYMBOLS)), dtype=torch.float64, device=self.device)
+            logits_of_steps: list[Tensor] = []
+            true_bits = plane_bits(x_host, k) * valid_host
+            for _, stage, probs7, logits, bits in plane_steps:
+                host_bits = step_view(true_bits, stage.s).numpy()
+                step_weight = weight * stage.valid(rnd.valid)
+                if self.temperatures:
+                    costs += candidate_costs(logits, step_view(bits, stage.s), step_weight)
+                    logits_of_steps.append(logits)
+                    plane.steps.append(StepCodes(stage, np.empty(0, np.uint8), host_bits))
+                else:
+                    theoretical += bits_cost(logits.float(), step_view(bits, stage.s), step_weight).double()
+                    plane.steps.append(StepCodes(stage, dispatch.to_host(probs7), host_bits))  # one copy per stage
+            if self.temperatures:
+                theoretical += costs[:, NEUTRAL_SYMBOL]
+                plane.symbols = choose_symbols(costs)
+                tau = temperatures(plane.symbols, self.device)
+                for step, logits in zip(plane.steps, logits_of_steps):
+                    step.probs7 = dispatch.to_host(scaled_probs7(logits, tau, self.prob_code))
+            codes.append(plane)
         stats.theoretical_bits[rnd.items] += theoretical.cpu().numpy()  # once per round
         return codes
 
-    def push_codes(self, coder: LaneCoder, rnd: _Round, codes: Sequence[StepCodes], stats: CodingStats | None) -> None:
-        """Pushes ``codes`` in reverse order, so that the decoder pops them in order."""
-        for code in reversed(codes):
-            cost = self._push(coder, rnd, code.stage, code.probs7, code.bits)
-            if stats is not None:
-                stats.quantised_bits[rnd.items] += cost
+    def push_codes(self, coder: LaneCoder, rnd: _Round, codes: Sequence[PlaneCodes],
+                   stats: CodingStats | None) -> None:
+        """Pushes ``codes`` in reverse decoding order, each plane's symbols after its stages,
+        so that the decoder pops them in order."""
+        for plane in reversed(codes):
+            for code in reversed(plane.steps):
+                cost = self._push(coder, rnd, code.stage, code.probs7, code.bits)
+                if stats is not None:
+                    stats.quantised_bits[rnd.items] += cost
+            if plane.symbols is not None:
+                empty = np.zeros(0, np.uint32)
+                coder.push_uniform([plane.symbols[j:j + 1] for j in range(rnd.size)]
+                                   + [empty] * (self.lanes - rnd.size), TEMPERATURE_BITS)
+                if stats is not None:
+                    stats.quantised_bits[rnd.items] += TEMPERATURE_BITS
 
     def _push(self, coder: LaneCoder, rnd: _Round, stage: Stage, probs7: np.ndarray,
               step_bits: np.ndarray) -> np.ndarray:
@@ -379,6 +423,7 @@ class PlaneCodec:
         valid = rnd.valid
         rgb = rnd.rgb_lanes()
         for k in planes:
+            tau = temperatures(self._pop_symbols(coder, rnd), self.device) if self.temperatures else None
             net = self.nets.net_for(k)
             known = _replicate_pad(x.clone(), rnd.shapes)
             context = net.plane_context(known, k, valid)
@@ -387,13 +432,18 @@ class PlaneCodec:
             first_logits: Tensor | None = None
             for stage in coding_stages(net):
                 probs7, logits = stage_probs7(net, k, stage, context, bits, valid, lat, first_logits,
-                                              self.kernel_path, self.prob_code)
+                                              self.kernel_path, self.prob_code, tau)
                 if stage.s == 1 and first_logits is None:
                     first_logits = logits
                 step_bits = self._pop(coder, rnd, stage, dispatch.to_host(probs7), rgb)
                 pr, pc = step_positions(stage.s)
                 bits[:, :, pr::2, pc::2] |= torch.from_numpy(step_bits).to(self.device)
             x |= bits << (8 - k)
+
+    def _pop_symbols(self, coder: LaneCoder, rnd: _Round) -> np.ndarray:
+        """Pops the temperature symbol of every item of the round for one plane: (n,)."""
+        got = coder.pop_uniform([1 if j < rnd.size else 0 for j in range(self.lanes)], TEMPERATURE_BITS)
+        return np.array([int(got[j][0]) for j in range(rnd.size)], np.uint32)
 
     def _pop(self, coder: LaneCoder, rnd: _Round, stage: Stage, probs7: np.ndarray, rgb: np.ndarray) -> np.ndarray:
         """Pops one stage of every lane; returns (n, 3, H/2, W/2) bits (0 where the stage codes none)."""
@@ -418,12 +468,14 @@ class PlaneCodec:
 
 def stage_probs7(net: BitPlaneNet, k: int, stage: Stage, context: Tensor, bits: Tensor, valid: Tensor,
                  latent: Tensor | None, first_logits: Tensor | None, kernel_path: str,
-                 prob_code: str = WRITTEN_PROB_CODE) -> tuple[Tensor, Tensor]:
+                 prob_code: str = WRITTEN_PROB_CODE, tau: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """The coder's probabilities and the logits of one (plane, stage).
 
     ``bits`` holds the plane's bits known before the stage (zeros elsewhere).
     A refined part of step 1 refines ``first_logits``, the logits of the
-    first part, in torch on either kernel path.
+    first part, in torch on either kernel path. ``tau`` (n,): per-item
+    temperatures the probabilities are quantised at (the logits returned
+    are the model's own).
 
     Returns:
         probs7 (n, Q, 7) uint8 on the device, logits (n, 6, H/2, W/2).
@@ -432,9 +484,13 @@ def stage_probs7(net: BitPlaneNet, k: int, stage: Stage, context: Tensor, bits: 
         if first_logits is None:
             raise ValueError(f"step-1 part {stage.part.name!r} needs the logits of the first part")
         logits = net.refined_logits(k, stage.part, context, first_logits, bits, valid, latent)
+        if tau is not None:
+            return scaled_probs7(logits, tau, prob_code), logits
         return dispatch.quantise_probs7(logits, prob_code), logits
     probs7, logits = dispatch.step_probs7(net, k, stage.s, context, bits, valid, latent,
                                           path=kernel_path, return_logits=True, prob_code=prob_code)
+    if tau is not None:
+        return scaled_probs7(logits, tau, prob_code), logits
     return probs7, logits
 
 
@@ -475,11 +531,9 @@ def theoretical_cost(logits: Tensor, step_bits: Tensor, step_valid: Tensor, rgb:
 
     ``rgb`` (B,) bool: False for greyscale/alpha items, of which only R is coded.
     """
-    p = coupled_probs(logits.float(), step_bits).clamp(P_MIN, P_MAX)
-    cost = -torch.log2(torch.where(step_bits.bool(), p, 1 - p))
-    channels = torch.ones(3, device=cost.device)[None].repeat(len(rgb), 1)
+    channels = torch.ones((len(rgb), 3, 1, 1), device=logits.device)
     channels[~rgb, 1:] = 0
-    return (cost * channels[:, :, None, None] * step_valid.to(cost.dtype)).sum(dim=(1, 2, 3))
+    return bits_cost(logits.float(), step_bits, channels * step_valid)
 
 
 def _check_item(item: np.ndarray) -> ItemShape:

@@ -94,10 +94,12 @@ _CRC = struct.Struct("<I")
 _META_STORED, _META_ZLIB = 0, 1
 #: Version 3's flags byte: bits 0-1 coding mode, 2 device kind, 3 kernel path,
 #: 4 metadata codec, 5 name from the file's (:attr:`Archive.name_from_file`),
-#: 6 probability code (:attr:`Archive.prob_code`); bit 7 must be 0.
+#: 6 probability code (:attr:`Archive.prob_code`), 7 temperature symbols in the
+#: lanes (:attr:`Archive.temperatures`). The byte is full: a further flag needs a
+#: new version.
 _V3_NAME_FROM_FILE = 1 << 5
 _V3_PROB_CODE_SHIFT = 6
-_V3_UNKNOWN_FLAGS = 0x80
+_V3_TEMPERATURES = 1 << 7
 # Flag bit 6 is the coder's probability code (aribbps.coder.PROB_CODES, index 0 or 1);
 # version 1-2 files and version-3 files without the bit are "linear".
 #: What a name taken from the file's own name is called when there is none.
@@ -162,6 +164,9 @@ class Archive:
             ``compress img.png`` writes ``img.arib``. Saves the name's bytes.
         prob_code: what the lane streams' probability bytes mean, one of
             :data:`PROB_CODES` (the codec writes "logit").
+        temperatures: the lanes hold a temperature symbol per item and plane
+            (:mod:`aribbps.temperature`; the codec writes them). False for
+            every file written before them.
     """
 
     model_name: str
@@ -177,6 +182,7 @@ class Archive:
     sealed_lanes: bool = True
     name_from_file: bool = False
     prob_code: str = "linear"
+    temperatures: bool = False
 
 
 def name_from_file(file_name: str | None, fmt: str) -> str | None:
@@ -278,11 +284,13 @@ def _encode_meta(a: Archive) -> bytes:
 
 
 def _flags(a: Archive, meta_codec: int) -> int:
-    """The version-3 flags byte: coding mode, device kind, kernel path, metadata codec, name, probability code."""
+    """The version-3 flags byte: coding mode, device kind, kernel path, metadata codec, name, probability
+    code, temperatures."""
     return (_code(a.mode, CODING_MODES, "mode") | _code(a.device_kind, DEVICE_KINDS, "device_kind") << 2
             | _code(a.kernel_path, KERNEL_PATHS, "kernel_path") << 3 | meta_codec << 4
             | (_V3_NAME_FROM_FILE if a.name_from_file else 0)
-            | _code(a.prob_code, PROB_CODES, "prob_code") << _V3_PROB_CODE_SHIFT)
+            | _code(a.prob_code, PROB_CODES, "prob_code") << _V3_PROB_CODE_SHIFT
+            | (_V3_TEMPERATURES if a.temperatures else 0))
 
 
 def _check_archive(a: Archive) -> None:
@@ -435,13 +443,13 @@ def _full_name(stored: str, implied: bool, fmt: str, i: int) -> str:
 
 
 def _flag_fields(flags: int) -> dict[str, Any]:
-    """Version 3: coding mode, device kind, kernel path and probability code from the flags byte."""
-    if flags & _V3_UNKNOWN_FLAGS:
-        raise ArchiveError(f"unsupported flags 0x{flags:02x}: the file uses features this aribbps does not know")
+    """Version 3: coding mode, device kind, kernel path, probability code and temperatures from the flags
+    byte (every bit is defined: an older reader refuses bit 7 as unknown)."""
     if flags & 3 >= len(CODING_MODES):
         raise ArchiveError(f"corrupted: unknown coding mode code {flags & 3} (known: {list(CODING_MODES)})")
     return {"mode": CODING_MODES[flags & 3], "device_kind": DEVICE_KINDS[flags >> 2 & 1],
-            "kernel_path": KERNEL_PATHS[flags >> 3 & 1], "prob_code": PROB_CODES[flags >> _V3_PROB_CODE_SHIFT & 1]}
+            "kernel_path": KERNEL_PATHS[flags >> 3 & 1], "prob_code": PROB_CODES[flags >> _V3_PROB_CODE_SHIFT & 1],
+            "temperatures": bool(flags & _V3_TEMPERATURES)}
 
 
 def _decode_meta(meta: bytes, n_images: int, checksums: memoryview | None, flags: int | None,

@@ -90,7 +90,8 @@ def bits_cost(logits: Tensor, bits: Tensor, valid: Tensor | None = None) -> Tens
     """−log2 likelihood of ``bits`` under ``logits``, summed per batch item.
 
     Probabilities are clamped to [1e-6, 1-1e-6]. ``valid`` (B, 1, h, w) bool
-    drops padding positions from the sum.
+    drops padding positions from the sum; a (B, 3, h, w) or (B, 3, 1, 1)
+    0/1 weight also drops channels (G and B of greyscale items).
 
     Returns:
         (B,) float.

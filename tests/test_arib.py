@@ -77,17 +77,21 @@ def test_padding_provides_initial_bits_when_even_the_lowest_qp_needs_more(monkey
         np.testing.assert_array_equal(got, want)
 
 
-def test_a_starved_image_gets_qp_2_before_any_padding() -> None:
-    """A flat image's insignificant planes cost almost nothing: qp falls to QP_MIN = 2, then pads."""
+def test_a_starved_image_gets_qp_1_before_any_padding() -> None:
+    """A flat image's insignificant planes cost almost nothing: qp falls to QP_MIN = 1, then pads.
+
+    Without temperatures: their 16 bits on the stack would be enough for the
+    tiny model's few latent bits at qp 1.
+    """
     nets, multiple = arib_nets()
     ins_predicts_zero_low_bits(nets.ins, -8.0)
     items = [np.full((3, 16, 16), 128, np.uint8)]  # low 4 bits all 0
-    streams, stats = AribCodec(nets, multiple, 1, "single").encode(items)
-    assert arib.QP_MIN == 2 and stats.qp[0] == 2 and stats.padding_words[0] > 0
+    streams, stats = AribCodec(nets, multiple, 1, "single", temperatures=False).encode(items)
+    assert arib.QP_MIN == 1 and stats.qp[0] == 1 and stats.padding_words[0] > 0
     # Trimmed: the padding exceeds what the sample took by at most the margin and one word.
     assert 32 * stats.padding_words[0] <= stats.posterior_bits[0] + arib._PAD_MARGIN_BITS + 32
-    decoded = AribCodec(nets, multiple, 1, "single").decode([items[0].shape], streams, stats.qp.tolist(),
-                                                             stats.padding_words.tolist())
+    decoded = AribCodec(nets, multiple, 1, "single", temperatures=False).decode(
+        [items[0].shape], streams, stats.qp.tolist(), stats.padding_words.tolist())
     np.testing.assert_array_equal(decoded[0], items[0])
 
 
@@ -98,14 +102,13 @@ def test_trimmed_padding_keeps_a_margin_and_leaves_unpadded_lanes_alone() -> Non
 
 
 def test_qp_1_round_trips_and_the_decoder_refuses_qp_outside_the_coder_range(monkeypatch) -> None:
-    """The encoder never picks qp 1 itself, but the format allows it: the coder supports 1..16."""
-    monkeypatch.setattr(arib, "QP_MIN", 1)
+    """Every item at the lowest qp; the coder supports 1..16 and the decoder refuses anything else."""
     monkeypatch.setattr(AribCodec, "_initial_qp", lambda self, own, stack, dims: np.full(len(own), 1, np.uint8))
     nets, multiple = arib_nets()
     items = _items(np.random.default_rng(3), 5)
     streams, stats = AribCodec(nets, multiple, 2, "dataset").encode(items)
     assert (stats.qp == 1).all()
-    monkeypatch.undo()  # the decoder's range does not depend on the encoder's lowest qp
+    monkeypatch.undo()
     codec = AribCodec(nets, multiple, 2, "dataset")
     decoded = codec.decode([i.shape for i in items], streams, stats.qp.tolist(), stats.padding_words.tolist())
     for got, want in zip(decoded, items):

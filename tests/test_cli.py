@@ -318,7 +318,7 @@ def test_info(tmp_path: Path, model_file: Path, capsys: pytest.CaptureFixture[st
     assert main(["info", str(arib), "--json"]) == EXIT_OK
     summary = json.loads(capsys.readouterr().out)
     assert summary["images"] == 3 and summary["model"] == "tiny-context" and summary["mode"] == "context"
-    assert summary["probabilities"] == "logit"
+    assert summary["probabilities"] == "logit" and summary["temperatures"] is True
     assert decode_archive(arib.read_bytes()).lanes == summary["lanes"]
 
 

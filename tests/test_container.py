@@ -344,9 +344,21 @@ def test_version_3_flags_are_checked() -> None:
     meta = meta_v3([])
     assert decode_archive(forge(flags=0x0D, meta=meta)).mode == "single"  # single, cuda, triton
     expect_archive_error(forge(flags=0x03, meta=meta), "unknown coding mode code 3")
-    expect_archive_error(forge(flags=0x80, meta=meta), "unsupported flags 0x80")
     assert decode_archive(forge(flags=0x01, meta=meta)).prob_code == "linear"
     assert decode_archive(forge(flags=0x41, meta=meta)).prob_code == "logit"
+    assert not decode_archive(forge(flags=0x41, meta=meta)).temperatures
+    assert decode_archive(forge(flags=0xC1, meta=meta)).temperatures
+
+
+def test_temperatures_round_trip_in_flag_bit_7() -> None:
+    """Older files (versions 1-2, or 3 without the bit) hold no temperature symbols."""
+    a = small_archive(1, 1)
+    plain = encode_archive(a)
+    a.temperatures = True
+    data = encode_archive(a)
+    assert data[15] == plain[15] | 0x80 and len(data) == len(plain)
+    assert decode_archive(data) == a
+    assert not decode_archive(_docs_hex_dump("<!-- example-hexdump-v2 -->")).temperatures
 
 
 def test_the_probability_code_round_trips_in_flag_bit_6() -> None:

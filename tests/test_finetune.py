@@ -175,7 +175,7 @@ def test_read_qp_list_formats_and_errors(tmp_path: Path) -> None:
     tsv = tmp_path / "list.tsv"
     tsv.write_text("# name\tqp\na b.png\t4\nsub/c.png\t9\n")
     assert read_qp_list(tsv).qp == {"a b.png": 4, "sub/c.png": 9}
-    for text, message in [("{\"a.png\": 1}", "expected an integer in"), ("{\"a.png\": 17}", "expected an integer in"),
+    for text, message in [("{\"a.png\": 0}", "expected an integer in"), ("{\"a.png\": 17}", "expected an integer in"),
                           ("{\"a.png\": 7.5}", "expected an integer"),
                           ("a.png 7\n", "expected 'name<TAB>qp'"), ("{}", "empty"),
                           ("{\"format\": \"other\", \"qp\": {}}", "not an aribbps qp list"),

@@ -2,7 +2,7 @@
 
 In single-image mode the codec picks each image's latent precision ``qp``
 from the bits its own insignificant planes put on the stack (the *initial
-bits*): ``qp = clamp(floor(initial_bits / latent_dims), 2, 10)``
+bits*): ``qp = clamp(floor(initial_bits / latent_dims), 1, 10)``
 (:func:`aribbps.arib.choose_qp`, DESIGN.md 1.6). Fine-tuning (DESIGN.md 1.7)
 trains the SIG net and its latent model with the discretisation each image
 will meet, so it needs that qp for every training image: the *qp list*,
@@ -41,10 +41,11 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-from aribbps.arib import QP_MIN, AribCodec
+from aribbps.arib import AribCodec
 from aribbps.atomic import atomic_write_bytes
 from aribbps.datasets import Item, dataset_names, open_dataset
 from aribbps.errors import AribError
+from aribbps.latent_math import LATENT_MAX_QP, LATENT_MIN_QP
 from aribbps.tiling import padded_size
 from aribbps.weights import net_hash
 from aribbps.zoo import LoadedModel, load
@@ -52,8 +53,8 @@ from aribbps.zoo import LoadedModel, load
 QP_LIST_FILE = "qp_list.json"
 QP_LIST_FORMAT = "aribbps-qp-list"
 QP_LIST_VERSION = 1
-#: Largest qp a list may hold: the decoder's bound (choose_qp gives QP_MIN..QP_MAX = 2..10).
-QP_LIST_MAX = 16
+#: The qp range a list may hold: the decoder's (choose_qp gives QP_MIN..QP_MAX = 1..10).
+QP_LIST_MIN, QP_LIST_MAX = LATENT_MIN_QP, LATENT_MAX_QP
 
 
 class QpListError(AribError, ValueError):
@@ -121,7 +122,7 @@ def read_qp_list(path: str | os.PathLike[str]) -> QpList:
 
     Raises:
         QpListError: missing or unreadable file, bad format, or a qp that
-            is not an integer in [QP_MIN, QP_LIST_MAX] = [2, 16].
+            is not an integer in [QP_LIST_MIN, QP_LIST_MAX] = [1, 16].
     """
     p = Path(path)
     try:
@@ -165,10 +166,10 @@ def read_qp_list(path: str | os.PathLike[str]) -> QpList:
             q = int(value)
         except (TypeError, ValueError):
             q = None
-        if q is None or isinstance(value, (bool, float)) or not QP_MIN <= q <= QP_LIST_MAX:
+        if q is None or isinstance(value, (bool, float)) or not QP_LIST_MIN <= q <= QP_LIST_MAX:
             raise QpListError(
                 f"qp list {str(p)!r}: image {name!r} has qp {value!r}; expected an integer in "
-                f"[{QP_MIN}, {QP_LIST_MAX}]"
+                f"[{QP_LIST_MIN}, {QP_LIST_MAX}]"
             )
         qp[str(name)] = q
     if not qp:
