@@ -162,7 +162,7 @@ def default_mode(model: LoadedModel, n_items: int) -> str:
 def encode_images(images: Sequence[LoadedImage], model: LoadedModel, lanes: int | None = None,
                   tile: int = DEFAULT_TILE, threads: int = 0, progress: Progress | None = None,
                   mode: str | None = None, lane_groups: int | None = None,
-                  name_from_file: bool = False) -> CompressResult:
+                  name_from_file: bool = False, temperatures: bool = True) -> CompressResult:
     """Codes images in memory; returns the archive, its bytes and the figures.
 
     ``name_from_file``: store no name for the one image; a reader names it
@@ -171,7 +171,8 @@ def encode_images(images: Sequence[LoadedImage], model: LoadedModel, lanes: int 
     ``mode``: "context", "single" or "dataset" (see :data:`CODING_MODES`);
     None picks :func:`default_mode`. ``lanes``: None picks :func:`default_lanes`.
     ``lane_groups``: codecs run concurrently (:mod:`aribbps.lane_groups`);
-    None picks its default for the device.
+    None picks its default for the device. ``temperatures``: per-plane
+    temperature symbols (:mod:`aribbps.temperature`); off only to measure them.
     """
     if not images:
         raise AribError("no images to compress")
@@ -193,10 +194,11 @@ def encode_images(images: Sequence[LoadedImage], model: LoadedModel, lanes: int 
     # A lane without items would still cost its table entry and coder flush (~30 bytes).
     lanes = min(lanes, len(items))
     mode = mode or default_mode(model, len(items))
-    streams, stats, kernel_path, n_groups = _encode_items(items, model, mode, lanes, threads, progress, lane_groups)
+    streams, stats, kernel_path, n_groups = _encode_items(items, model, mode, lanes, threads, progress, lane_groups,
+                                                          temperatures)
     archive = Archive(model.name, model.weights_hash, mode, lanes, tile, model.device.type, kernel_path,
                       records, streams, name_from_file=name_from_file, prob_code=WRITTEN_PROB_CODE,
-                      temperatures=True)
+                      temperatures=temperatures)
     if n_groups > 1:
         archive.extra[GROUPS_KEY] = n_groups
     cpu_threads.record(archive.extra, model.device.type)
@@ -225,14 +227,15 @@ def default_lanes(shapes: Sequence[tuple[int, int, int]], model: LoadedModel) ->
 
 
 def _encode_items(items: Sequence[np.ndarray], model: LoadedModel, mode: str, lanes: int, threads: int,
-                  progress: Progress | None, lane_groups: int | None
+                  progress: Progress | None, lane_groups: int | None, temperatures: bool = True
                   ) -> tuple[list[bytes], CodingStats, str, int]:
     """Codes the items by lane groups: (lane streams, per-item stats, kernel path, group count)."""
     requested = default_groups(model.device) if lane_groups is None else lane_groups
     if requested < 1:
         raise AribError(f"lane groups must be at least 1, got {requested}")
     groups = plan_groups(len(items), lanes, requested)
-    codecs = [_codec(model, mode, g.lanes, coder_threads(threads, groups)) for g in groups]
+    codecs = [_codec(model, mode, g.lanes, coder_threads(threads, groups), temperatures=temperatures)
+              for g in groups]
     parts = run_groups(lambda i, g, report: codecs[i].encode([items[j] for j in g.items], report, ids=g.items),
                        groups, model.device, progress)
     streams = [stream for part_streams, _ in parts for stream in part_streams]
