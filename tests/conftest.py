@@ -39,15 +39,21 @@ def ins_predicts_zero_low_bits(ins: torch.nn.Module, logit: float) -> None:
                 p.copy_(torch.tensor([logit] * 3 + [0.0] * 3))
 
 
-def make_model_file(path: Path, seed: int = 0, config: str = "tiny-context") -> Path:
-    """Saves a model whose heads are perturbed away from their zero init."""
+def perturbed_nets(config: str, seed: int = 0, scale: float = 0.3) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """A config's SIG and INS nets with every weight perturbed by N(0, scale^2) noise, so that
+    the heads leave their zero init and the probabilities differ per position."""
     torch.manual_seed(seed)
-    cfg = get_config(config)
-    sig, ins = build_nets(cfg)
+    sig, ins = build_nets(get_config(config))
     with torch.no_grad():
         for p in list(sig.parameters()) + list(ins.parameters()):
-            p.add_(torch.randn_like(p) * 0.3)
-    save_model(path, cfg, sig, ins)
+            p.add_(torch.randn_like(p) * scale)
+    return sig, ins
+
+
+def make_model_file(path: Path, seed: int = 0, config: str = "tiny-context") -> Path:
+    """Saves a model whose heads are perturbed away from their zero init."""
+    sig, ins = perturbed_nets(config, seed)
+    save_model(path, get_config(config), sig, ins)
     return path
 
 

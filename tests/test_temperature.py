@@ -8,12 +8,11 @@ import torch
 from aribbps.codec import PlaneCodec, PlaneNets, theoretical_cost
 from aribbps.config import get_config
 from aribbps.lane_seal import LaneSealError
-from aribbps.models.bitplane_net import build_nets
 from aribbps.temperature import (
     NEUTRAL_SYMBOL, SYMBOLS, TEMPERATURE_BITS, candidate_costs, choose_symbols, scaled_probs7, temperatures,
 )
 from kernels import dispatch
-from tests.conftest import smooth_images
+from tests.conftest import perturbed_nets, smooth_images
 
 
 def test_symbols_map_to_exact_taus_and_neutral_is_one() -> None:
@@ -60,17 +59,13 @@ def test_scaled_probs7_at_neutral_is_the_plain_quantisation() -> None:
 
 def _overconfident_nets(factor: float) -> tuple[PlaneNets, int]:
     """tiny-context nets with random weights whose every logit is scaled by ``factor``."""
-    torch.manual_seed(5)
-    cfg = get_config("tiny-context")
-    sig, ins = build_nets(cfg)
+    sig, ins = perturbed_nets("tiny-context", seed=5)
     with torch.no_grad():
-        for p in list(sig.parameters()) + list(ins.parameters()):
-            p.add_(torch.randn_like(p) * 0.3)
         for net in (sig, ins):
             for name, p in net.named_parameters():
                 if "conv_out" in name:
                     p.mul_(factor)
-    return PlaneNets(sig.eval(), ins.eval()), cfg.pad_multiple
+    return PlaneNets(sig.eval(), ins.eval()), get_config("tiny-context").pad_multiple
 
 
 def _items() -> list[np.ndarray]:
