@@ -31,6 +31,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset, Subset
 
@@ -95,6 +96,10 @@ class Cifar10Dataset(Dataset[Item]):
     def __getitem__(self, index: int) -> Item:
         return torch.from_numpy(self.images[index].copy()), self.names[index]
 
+    def image_size(self, index: int) -> tuple[int, int]:
+        """(H, W) of item ``index`` without reading its pixels."""
+        return tuple(self.images.shape[2:])  # type: ignore[return-value]
+
 
 def _cifar_folder(root: Path, batches: Sequence[str]) -> Path:
     for folder in (root, root / CIFAR_SUBDIR):
@@ -139,6 +144,16 @@ class ImageFileDataset(Dataset[Item]):
     def __getitem__(self, index: int) -> Item:
         name = self.names[index]
         return to_rgb_chw(load_image(self.root / name).pixels), name
+
+    def image_size(self, index: int) -> tuple[int, int]:
+        """(H, W) of item ``index`` from its file's header (the pixels are not decoded)."""
+        path = self.root / self.names[index]
+        try:
+            with Image.open(path) as im:
+                width, height = im.size
+        except (OSError, ValueError) as exc:
+            raise DatasetError(f"cannot read the size of {str(path)!r}: {exc}") from None
+        return height, width
 
 
 def _is_image(name: str) -> bool:
@@ -198,6 +213,17 @@ def dataset_names(dataset: Dataset[Item]) -> list[str]:
         names = dataset_names(dataset.dataset)
         return [names[i] for i in dataset.indices]
     return list(dataset.names)  # type: ignore[attr-defined]
+
+
+def image_sizes(dataset: Dataset[Item]) -> list[tuple[int, int]]:
+    """(H, W) of every item of a data set of this module, or of a Subset of one, read cheaply."""
+    if isinstance(dataset, Subset):
+        inner = dataset.dataset
+        if isinstance(inner, Subset):
+            sizes = image_sizes(inner)
+            return [sizes[i] for i in dataset.indices]
+        return [inner.image_size(i) for i in dataset.indices]  # type: ignore[attr-defined]
+    return [dataset.image_size(i) for i in range(len(dataset))]  # type: ignore[attr-defined,arg-type]
 
 
 def _name_key(name: str) -> bytes:
@@ -282,6 +308,13 @@ class TrainingView(Dataset[Item]):
 
     def __len__(self) -> int:
         return len(self.base)  # type: ignore[arg-type]
+
+    def item_size(self, size: tuple[int, int]) -> tuple[int, int]:
+        """(H, W) of the image this view makes of a base image of ``size`` (H, W)."""
+        if self.crop:
+            return self.crop, self.crop
+        h, w = size
+        return h - h % self.multiple, w - w % self.multiple
 
     def _generator(self, index: int) -> torch.Generator:
         key = hashlib.sha256(f"{self.seed}:{self.epoch}:{index}".encode()).digest()

@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from aribbps.datasets import DatasetError
 from aribbps.config import get_config
 from aribbps.models import build_nets
 from aribbps.models.deepen import deepen
@@ -277,6 +278,27 @@ def test_resume_continues_bit_exactly(config: str, images: Path, tmp_path: Path)
     log = (part / "train.log").read_text().splitlines()
     headers = [line for line in log if line.startswith("#")]
     assert len(headers) == 2 and "start_iter=4" in headers[1]
+
+
+def test_mixed_sizes_train_in_size_grouped_batches_and_resume_bit_exactly(tmp_path: Path) -> None:
+    data = _smooth_images(tmp_path / "mixed", 10, size=8)
+    _smooth_images(tmp_path / "big", 6, size=16, seed=1)
+    for f in sorted((tmp_path / "big").iterdir()):
+        f.rename(data / f"big_{f.name}")
+    with pytest.raises(DatasetError, match="different sizes"):
+        train(_opts(data, tmp_path / "stacked", valid_num=0, num_iters=4, batch_size=4))
+    # 128 pixels: batches of two 8x8 images or one 16x16 image
+    kw = dict(batch_pixels=128, hflip=True, valid_num=3, valid_select="hash", valid_interval=3)
+    full = tmp_path / "full"
+    train(_opts(data, full, num_iters=16, **kw))
+    part = tmp_path / "part"
+    train(_opts(data, part, num_iters=5, **kw))
+    ckpt = load_checkpoint(part / "checkpoint.pt")
+    assert ckpt["batch_pixels"] == 128 and ckpt["epoch"] == 0 and ckpt["batch_in_epoch"] == 5
+    train(_opts(data, part, num_iters=16, resume=str(part), **kw))
+    a, b = _checkpoint_state(full), _checkpoint_state(part)
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
+    assert load_checkpoint(part)["epoch"] == load_checkpoint(full)["epoch"] >= 1
 
 
 # --- DDP ----------------------------------------------------------------------------

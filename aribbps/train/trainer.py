@@ -51,6 +51,7 @@ from aribbps.datasets import (
     Item,
     TrainingView,
     dataset_names,
+    image_sizes,
     list_batch,
     open_dataset,
     split_indices,
@@ -58,6 +59,7 @@ from aribbps.datasets import (
 )
 from aribbps.errors import AribError, ModelLoadError
 from aribbps.models import BitPlaneNet, build_nets
+from aribbps.train.size_batches import SizeGroupedBatches
 from aribbps.models.deepen import deepen, deepening_problem
 from aribbps.train.finetune import QpList, read_qp_list, resolve_qp_path
 from aribbps.train.objectives import (
@@ -109,6 +111,9 @@ class TrainOptions:
     init: str | None = None  # model file: starting weights of both nets
     qp_path: str | None = None  # finetune only: qp list (relative: to data_dir)
     random_crop: int = 0  # 0 = whole images (cut to the pad multiple)
+    #: Group training batches by image size, each about this many pixels
+    #: (0 = batches of batch_size images, all of one size).
+    batch_pixels: int = 0
     hflip: bool = False
     #: Iterations over which the latent bits' weight in the loss rises
     #: linearly from 0 to 1 (0 = weight 1 throughout). Counters posterior
@@ -163,8 +168,8 @@ def check_options(opts: TrainOptions) -> None:
     for name in positive:
         if getattr(opts, name) < 1:
             raise ValueError(f"--{name} must be >= 1, got {getattr(opts, name)!r}")
-    if opts.valid_num < 0 or opts.random_crop < 0 or opts.workers < 0:
-        raise ValueError("--valid_num, --random-crop and --workers must be >= 0")
+    if opts.valid_num < 0 or opts.random_crop < 0 or opts.workers < 0 or opts.batch_pixels < 0:
+        raise ValueError("--valid_num, --random-crop, --batch-pixels and --workers must be >= 0")
     if not 0.0 <= opts.dropout < 1.0:
         raise ValueError(f"--dropout must be in [0, 1), got {opts.dropout!r}")
     if not opts.lr > 0 or not opts.decay_rate > 0:
@@ -286,16 +291,28 @@ class _Data:
             Subset(base, train_idx), cfg.pad_multiple, opts.random_crop, random=True,
             hflip=opts.hflip, seed=opts.seed,
         )
-        self.sampler = ResumableSampler(self.train_view, info, opts.seed)
-        self.batch_size = opts.batch_size
-        self.batches_per_epoch = self.sampler.num_samples // opts.batch_size
-        if self.batches_per_epoch == 0:
-            raise ValueError(
-                f"the training set has {len(train_idx)} images, fewer than the batch of "
-                f"{opts.batch_size} x {info.world_size} processes; lower --batch_size or --valid_num"
+        self.sampler: ResumableSampler | SizeGroupedBatches
+        if opts.batch_pixels:
+            sizes = [self.train_view.item_size(s) for s in image_sizes(Subset(base, train_idx))]
+            self.sampler = SizeGroupedBatches(sizes, opts.batch_pixels, info.rank, info.world_size, opts.seed)
+            self.batch_size = 1  # the sampler counts in batches
+            batches_per_epoch = len(self.sampler)
+            self.loader = DataLoader(
+                self.train_view, batch_sampler=self.sampler, num_workers=opts.workers,
+                pin_memory=resolve_device_kind(opts.device) == "cuda",
+                generator=torch.Generator().manual_seed(opts.seed), collate_fn=stack_batch,
             )
-        self.loader = _loader(self.train_view, opts.batch_size, opts, sampler=self.sampler,
-                              drop_last=True, collate_fn=stack_batch)
+        else:
+            self.sampler = ResumableSampler(self.train_view, info, opts.seed)
+            self.batch_size = opts.batch_size
+            batches_per_epoch = self.sampler.num_samples // opts.batch_size
+            self.loader = _loader(self.train_view, opts.batch_size, opts, sampler=self.sampler,
+                                  drop_last=True, collate_fn=stack_batch)
+        if batches_per_epoch == 0:
+            raise ValueError(
+                f"the training set has {len(train_idx)} images, too few for one batch on each of "
+                f"{info.world_size} processes; lower --batch_size (or --batch-pixels) or --valid_num"
+            )
         valid_view = TrainingView(Subset(base, valid_idx), cfg.pad_multiple, opts.random_crop, random=False)
         shard = list(range(info.rank, len(valid_idx), info.world_size))
         self.valid_loader = _loader(Subset(valid_view, shard), opts.batch_size, opts,
@@ -585,7 +602,8 @@ class Trainer:
         self.iteration = int(ckpt["iteration"])
         self.best = ckpt["best_valid_bpsp"]
         self.wall_before = float(ckpt["wall_time"])
-        same_layout = (ckpt["world_size"], ckpt["batch_size"]) == (self.info.world_size, self.opts.batch_size)
+        layout = (ckpt["world_size"], ckpt["batch_size"], ckpt.get("batch_pixels", 0))
+        same_layout = layout == (self.info.world_size, self.opts.batch_size, self.opts.batch_pixels)
         if same_layout and ckpt["seed"] == self.opts.seed:
             self.data.epoch = int(ckpt["epoch"])
             self.data.batch_in_epoch = int(ckpt["batch_in_epoch"])
@@ -643,6 +661,7 @@ class Trainer:
             "batch_in_epoch": self.data.batch_in_epoch,
             "world_size": self.info.world_size,
             "batch_size": self.opts.batch_size,
+            "batch_pixels": self.opts.batch_pixels,
             "seed": self.opts.seed,
             "best_valid_bpsp": self.best,
             "ema": self.ema.state_dict() if self.ema is not None else None,
