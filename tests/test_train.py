@@ -299,6 +299,7 @@ def test_mixed_sizes_train_in_size_grouped_batches_and_resume_bit_exactly(tmp_pa
     a, b = _checkpoint_state(full), _checkpoint_state(part)
     assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
     assert load_checkpoint(part)["epoch"] == load_checkpoint(full)["epoch"] >= 1
+    assert "batch=128pxx1" in (part / "train.log").read_text()
 
 
 # --- DDP ----------------------------------------------------------------------------

@@ -729,9 +729,10 @@ class Trainer:
         def wall() -> float:
             return self.wall_before + time.perf_counter() - start_wall
 
+        batch = f"{opts.batch_pixels}px" if opts.batch_pixels else str(opts.batch_size)
         log.line(
             f"# aribbps.train mode={opts.mode} config={self.cfg.name} processes={info.world_size} "
-            f"batch={opts.batch_size}x{info.world_size} device={self.device.type} "
+            f"batch={batch}x{info.world_size} device={self.device.type} "
             f"start_iter={self.iteration} num_iters={opts.num_iters} valid_num={self.data.valid_num}"
         )
         best_path = self.save_dir / f"best_{opts.mode}.safetensors"
