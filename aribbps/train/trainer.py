@@ -59,7 +59,6 @@ from aribbps.datasets import (
 )
 from aribbps.errors import AribError, ModelLoadError
 from aribbps.models import BitPlaneNet, build_nets
-from aribbps.train.size_batches import SizeGroupedBatches
 from aribbps.models.deepen import deepen, deepening_problem
 from aribbps.train.finetune import QpList, read_qp_list, resolve_qp_path
 from aribbps.train.objectives import (
@@ -71,6 +70,7 @@ from aribbps.train.objectives import (
     keep_logits_float32,
 )
 from aribbps.train.presets import MODES
+from aribbps.train.size_batches import SizeGroupedBatches
 from aribbps.train.weight_average import WeightAverage
 from aribbps.weights import load_model, model_hash, net_hash, save_model
 
@@ -295,16 +295,12 @@ class _Data:
         if opts.batch_pixels:
             sizes = [self.train_view.item_size(s) for s in image_sizes(Subset(base, train_idx))]
             self.sampler = SizeGroupedBatches(sizes, opts.batch_pixels, info.rank, info.world_size, opts.seed)
-            self.batch_size = 1  # the sampler counts in batches
+            self.items_per_start = 1  # its start counts batches
             batches_per_epoch = len(self.sampler)
-            self.loader = DataLoader(
-                self.train_view, batch_sampler=self.sampler, num_workers=opts.workers,
-                pin_memory=resolve_device_kind(opts.device) == "cuda",
-                generator=torch.Generator().manual_seed(opts.seed), collate_fn=stack_batch,
-            )
+            self.loader = _loader(self.train_view, 1, opts, batch_sampler=self.sampler, collate_fn=stack_batch)
         else:
             self.sampler = ResumableSampler(self.train_view, info, opts.seed)
-            self.batch_size = opts.batch_size
+            self.items_per_start = opts.batch_size  # its start counts images
             batches_per_epoch = self.sampler.num_samples // opts.batch_size
             self.loader = _loader(self.train_view, opts.batch_size, opts, sampler=self.sampler,
                                   drop_last=True, collate_fn=stack_batch)
@@ -326,7 +322,7 @@ class _Data:
         while True:
             self.sampler.set_epoch(self.epoch)
             self.train_view.set_epoch(self.epoch)
-            self.sampler.start = self.batch_in_epoch * self.batch_size
+            self.sampler.start = self.batch_in_epoch * self.items_per_start
             for x, names in self.loader:
                 self.batch_in_epoch += 1
                 yield x, names
