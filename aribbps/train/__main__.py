@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
                "their last rows/columns dropped to a multiple of the config's pad_multiple")
     _flag(g, "batch-pixels", type=int, default=0, metavar="P",
           help="for data sets of mixed image sizes: each batch holds images of one size, P // (H*W) of "
-               "them (at least 1), the sizes mixed in proportion to their counts; --batch_size then sets "
+               "them (at least 1), each size's share of the batches that of its pixels; --batch_size then sets "
                "only the validation batches (default 0: batches of --batch_size images of one size)")
     _flag(g, "hflip", action="store_true", help="mirror training images at random")
     _flag(g, "kl_warmup", type=int, default=0, metavar="N",
@@ -273,7 +273,8 @@ def resolve_options(args: argparse.Namespace) -> tuple[TrainOptions, int]:
         mode=args.mode, data_dir=args.data_dir, save_dir=args.save_dir, config=config,
         dataset_type=args.dataset_type, valid_select=args.valid_select,
         log_interval=args.log_interval, resume=args.resume, init=args.init, qp_path=args.qp_path,
-        random_crop=args.random_crop, batch_pixels=args.batch_pixels, hflip=args.hflip, kl_warmup=args.kl_warmup, ema=args.ema,
+        random_crop=args.random_crop, batch_pixels=args.batch_pixels, hflip=args.hflip,
+        kl_warmup=args.kl_warmup, ema=args.ema,
         train_only=args.train_only,
         device=args.device, amp=args.amp,
         seed=args.seed, workers=workers, debug_dir=args.debug_dir, **values,

@@ -4,8 +4,8 @@ The trainer stacks a batch into one tensor, so its images must share a
 size. :class:`SizeGroupedBatches` walks a shuffled order of the whole data
 set and fills one open batch per size; a batch of images of H x W pixels
 holds ``max(1, pixels // (H * W))`` images, so every batch costs about the
-same whatever its size, and the sizes are drawn in proportion to their
-share of the data set.
+same whatever its size, and each size gets batches in proportion to its
+share of the data set's pixels.
 
 Like :class:`aribbps.train.trainer.ResumableSampler`, the batches of epoch
 ``e`` are a function of ``(seed, e)`` only: every rank builds the same list

@@ -293,7 +293,7 @@ class _Data:
         )
         self.sampler: ResumableSampler | SizeGroupedBatches
         if opts.batch_pixels:
-            sizes = [self.train_view.item_size(s) for s in image_sizes(Subset(base, train_idx))]
+            sizes = [self.train_view.item_size(s) for s in image_sizes(self.train_view.base)]
             self.sampler = SizeGroupedBatches(sizes, opts.batch_pixels, info.rank, info.world_size, opts.seed)
             self.items_per_start = 1  # its start counts batches
             batches_per_epoch = len(self.sampler)
