@@ -18,6 +18,8 @@ from aribbps.weights import load_model
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 SMALL_SAMPLES = sorted(SAMPLES.glob("*_64.png"))
 DATA = Path(__file__).resolve().parent / "data"
+#: The intra-op thread count the version-2 files in tests/data were encoded with.
+V2_ENCODER_THREADS = 2
 
 
 @pytest.fixture(scope="module")
@@ -72,18 +74,28 @@ def test_the_cli_uses_the_default_model_without_model(tmp_path: Path) -> None:
 def test_version_2_files_still_decode(version_2_model: zoo.LoadedModel, name: str, sources: list[str]) -> None:
     """Files written by the version-2 codec (unsealed lanes, stack layout 1, per-image checksums)
     with the default model of then, kept in tests/data with that model, decode to the samples;
-    a flipped pixel checksum is still caught."""
+    a flipped pixel checksum is still caught.
+
+    Version 2 did not record the encoder's thread count (:mod:`aribbps.cpu_threads`): such files
+    decode with the decoder's own, so the test runs with the 2 threads these were written with,
+    whatever ``OMP_NUM_THREADS`` says."""
     default_model = version_2_model
     archive = decode_archive((DATA / name).read_bytes())
     assert not archive.sealed_lanes and all(r.checksum is not None for r in archive.images)
     assert all(stream[0] == 1 for stream in archive.lane_streams)  # stack layout 1
-    decoded = api.decode_archive_images(archive, default_model)
-    assert [d.record.name for d in decoded] == sources
-    for got, source in zip(decoded, sources):
-        np.testing.assert_array_equal(got.pixels, load_image(SAMPLES / source).pixels)
-    archive.images[0].checksum = bytes(8)
-    with pytest.raises(ChecksumError, match="checksum mismatch"):
-        api.decode_archive_images(archive, default_model)
+    assert cpu_threads.recorded(archive.extra) is None
+    before = torch.get_num_threads()
+    torch.set_num_threads(V2_ENCODER_THREADS)
+    try:
+        decoded = api.decode_archive_images(archive, default_model)
+        assert [d.record.name for d in decoded] == sources
+        for got, source in zip(decoded, sources):
+            np.testing.assert_array_equal(got.pixels, load_image(SAMPLES / source).pixels)
+        archive.images[0].checksum = bytes(8)
+        with pytest.raises(ChecksumError, match="checksum mismatch"):
+            api.decode_archive_images(archive, default_model)
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_a_file_decodes_with_another_intra_op_thread_count(default_model: zoo.LoadedModel) -> None:
