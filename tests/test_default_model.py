@@ -84,9 +84,7 @@ def test_version_2_files_still_decode(version_2_model: zoo.LoadedModel, name: st
     assert not archive.sealed_lanes and all(r.checksum is not None for r in archive.images)
     assert all(stream[0] == 1 for stream in archive.lane_streams)  # stack layout 1
     assert cpu_threads.recorded(archive.extra) is None
-    before = torch.get_num_threads()
-    torch.set_num_threads(V2_ENCODER_THREADS)
-    try:
+    with cpu_threads.matching({cpu_threads.EXTRA_KEY: V2_ENCODER_THREADS}, "cpu"):
         decoded = api.decode_archive_images(archive, default_model)
         assert [d.record.name for d in decoded] == sources
         for got, source in zip(decoded, sources):
@@ -94,8 +92,6 @@ def test_version_2_files_still_decode(version_2_model: zoo.LoadedModel, name: st
         archive.images[0].checksum = bytes(8)
         with pytest.raises(ChecksumError, match="checksum mismatch"):
             api.decode_archive_images(archive, default_model)
-    finally:
-        torch.set_num_threads(before)
 
 
 def test_a_file_decodes_with_another_intra_op_thread_count(default_model: zoo.LoadedModel) -> None:
