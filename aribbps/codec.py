@@ -38,7 +38,7 @@ from aribbps.bitplanes import NUM_STEPS, known_before, plane_bits, step_position
 from aribbps.coder import LaneCoder
 from aribbps.lane_seal import check_lane_seals, lane_seals
 from aribbps.models.bitplane_net import BitPlaneNet
-from aribbps.models.first_step_refine import FirstStepPart, pattern_mask
+from aribbps.models.step_parts import StepPart, pattern_mask
 from aribbps.overlap import default_overlap, prefetched
 from aribbps.probability import WRITTEN_PROB_CODE, bits_cost, probability_masses, select_probs7
 from aribbps.temperature import (
@@ -62,11 +62,16 @@ class PlaneNets:
 
 @dataclass(frozen=True)
 class Stage:
-    """One coding pass over a plane: lattice step ``s``, or at step 1 one of
-    the parts a model codes it in (:mod:`aribbps.models.first_step_refine`)."""
+    """One coding pass over a plane: lattice step ``s``, or one of the parts
+    a model codes step 1 or 2 in (:mod:`aribbps.models.step_parts`)."""
 
     s: int
-    part: FirstStepPart | None = None
+    part: StepPart | None = None
+
+    @property
+    def refined(self) -> bool:
+        """It refines the logits of its step's first part with the bits of the parts before it."""
+        return self.part is not None and self.part.refine is not None
 
     @property
     def whole(self) -> bool:
@@ -86,8 +91,7 @@ class Stage:
 
 def coding_stages(net: BitPlaneNet) -> tuple[Stage, ...]:
     """The stages of each of ``net``'s planes, in decoding order."""
-    return tuple(Stage(1, part) for part in net.first_step_parts) + tuple(
-        Stage(s) for s in range(2, NUM_STEPS + 1))
+    return tuple(Stage(s, part) for s in range(1, NUM_STEPS + 1) for part in net.step_parts(s) or (None,))
 
 
 @dataclass
@@ -429,12 +433,12 @@ class PlaneCodec:
             context = net.plane_context(known, k, valid)
             bits = torch.zeros_like(x)
             lat = latent if net.cfg.latent_channels > 0 else None
-            first_logits: Tensor | None = None
+            head_logits: Tensor | None = None
             for stage in coding_stages(net):
-                probs7, logits = stage_probs7(net, k, stage, context, bits, valid, lat, first_logits,
+                probs7, logits = stage_probs7(net, k, stage, context, bits, valid, lat, head_logits,
                                               self.kernel_path, self.prob_code, tau)
-                if stage.s == 1 and first_logits is None:
-                    first_logits = logits
+                if not stage.refined:
+                    head_logits = logits
                 step_bits = self._pop(coder, rnd, stage, dispatch.to_host(probs7), rgb)
                 pr, pc = step_positions(stage.s)
                 bits[:, :, pr::2, pc::2] |= torch.from_numpy(step_bits).to(self.device)
@@ -467,23 +471,23 @@ class PlaneCodec:
 
 
 def stage_probs7(net: BitPlaneNet, k: int, stage: Stage, context: Tensor, bits: Tensor, valid: Tensor,
-                 latent: Tensor | None, first_logits: Tensor | None, kernel_path: str,
+                 latent: Tensor | None, head_logits: Tensor | None, kernel_path: str,
                  prob_code: str = WRITTEN_PROB_CODE, tau: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """The coder's probabilities and the logits of one (plane, stage).
 
     ``bits`` holds the plane's bits known before the stage (zeros elsewhere).
-    A refined part of step 1 refines ``first_logits``, the logits of the
-    first part, in torch on either kernel path. ``tau`` (n,): per-item
+    A refined part of a step refines ``head_logits``, the logits of the
+    step's first part, in torch on either kernel path. ``tau`` (n,): per-item
     temperatures the probabilities are quantised at (the logits returned
     are the model's own).
 
     Returns:
         probs7 (n, Q, 7) uint8 on the device, logits (n, 6, H/2, W/2).
     """
-    if stage.part is not None and stage.part.refine is not None:
-        if first_logits is None:
-            raise ValueError(f"step-1 part {stage.part.name!r} needs the logits of the first part")
-        logits = net.refined_logits(k, stage.part, context, first_logits, bits, valid, latent)
+    if stage.refined:
+        if head_logits is None:
+            raise ValueError(f"step-{stage.s} part {stage.part.name!r} needs the logits of the step's first part")
+        logits = net.refined_logits(k, stage.part, context, head_logits, bits, valid, latent)
         if tau is not None:
             return scaled_probs7(logits, tau, prob_code), logits
         return dispatch.quantise_probs7(logits, prob_code), logits
@@ -513,16 +517,16 @@ def teacher_forced_steps(nets: PlaneNets, x: Tensor, valid: Tensor, latent: Tens
         context = net.plane_context(known_before(x, k), k, valid)
         bits = plane_bits(x, k) * valid_u8
         lat = latent if net.cfg.latent_channels > 0 else None
-        first_logits: Tensor | None = None
+        head_logits: Tensor | None = None
         for stage in coding_stages(net):
             known = bits * steps_before_mask(stage.s, height, width, x.device).to(torch.uint8)
-            if stage.part is not None and stage.part.known is not None:  # + the parts of step 1 before it
+            if stage.refined:  # + the parts of its step before it
                 pattern = pattern_mask(stage.part.known, height // 2, width // 2, x.device)
-                step_view(known, 1).copy_(step_view(bits, 1) * pattern.to(torch.uint8))
-            probs7, logits = stage_probs7(net, k, stage, context, known, valid, lat, first_logits, kernel_path,
+                step_view(known, stage.s).copy_(step_view(bits, stage.s) * pattern.to(torch.uint8))
+            probs7, logits = stage_probs7(net, k, stage, context, known, valid, lat, head_logits, kernel_path,
                                           prob_code)
-            if stage.s == 1 and first_logits is None:
-                first_logits = logits
+            if not stage.refined:
+                head_logits = logits
             yield k, stage, probs7, logits, bits
 
 

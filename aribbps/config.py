@@ -47,9 +47,11 @@ class NetConfig:
             features of :func:`aribbps.bitplanes.relative_features`.
         split_first_step: code lattice step 1 in two halves, a checkerboard
             of its positions, the second refined by the first's bits
-            (:mod:`aribbps.models.first_step_refine`).
+            (:mod:`aribbps.models.step_parts`).
         split_step_1a: also code the first half in two, the second refined.
         split_step_1a1: also code the first of those in two, the second refined.
+        split_step_2: code lattice step 2 in two halves, a checkerboard of its
+            positions, the second refined by the first's bits.
         refine_width, refine_depth: width and residual blocks of those refinements.
     """
 
@@ -65,6 +67,7 @@ class NetConfig:
     split_first_step: bool = False
     split_step_1a: bool = False
     split_step_1a1: bool = False
+    split_step_2: bool = False
     refine_width: int = 32
     refine_depth: int = 2
 
@@ -121,10 +124,12 @@ class ModelConfig:
     use_latent: bool = True
     #: Code each plane's lattice step 1 as a checkerboard in two halves, the
     #: first half in two again, and the first of those in two again (see
-    #: :class:`NetConfig`); the refinement nets' width and depth.
+    #: :class:`NetConfig`); step 2 as a checkerboard; the refinement nets'
+    #: width and depth.
     split_first_step: bool = False
     split_step_1a: bool = False
     split_step_1a1: bool = False
+    split_step_2: bool = False
     refine_width: int = 32
     refine_depth: int = 2
 
@@ -167,6 +172,7 @@ class ModelConfig:
             split_first_step=self.split_first_step,
             split_step_1a=self.split_step_1a,
             split_step_1a1=self.split_step_1a1,
+            split_step_2=self.split_step_2,
             refine_width=self.refine_width,
             refine_depth=self.refine_depth,
         )
@@ -186,6 +192,7 @@ class ModelConfig:
             split_first_step=self.split_first_step,
             split_step_1a=self.split_step_1a,
             split_step_1a1=self.split_step_1a1,
+            split_step_2=self.split_step_2,
             refine_width=self.refine_width,
             refine_depth=self.refine_depth,
         )
@@ -297,6 +304,8 @@ CONFIGS["medium-split"] = dataclasses.replace(CONFIGS["medium"], name="medium-sp
 # trained ``medium-split`` model).
 CONFIGS["medium-split2"] = dataclasses.replace(CONFIGS["medium-split"], name="medium-split2", split_step_1a=True)
 CONFIGS["medium-split3"] = dataclasses.replace(CONFIGS["medium-split2"], name="medium-split3", split_step_1a1=True)
+CONFIGS["medium-split3-s2"] = dataclasses.replace(CONFIGS["medium-split3"], name="medium-split3-s2",
+                                                  split_step_2=True)
 # ``medium`` with a deeper INS net (planes 5-8 hold most of the bits), grown
 # the same way from a trained ``medium`` model.
 CONFIGS["deep-ins"] = dataclasses.replace(CONFIGS["medium"], name="deep-ins", ins_plane_depth=8, ins_entropy_depth=3)

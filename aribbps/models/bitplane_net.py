@@ -24,10 +24,10 @@ from torch import Tensor, nn
 from aribbps.bitplanes import NUM_STEPS, known_before, plane_bits, space_prior_quarter, step_view
 from aribbps.config import ModelConfig, NetConfig
 from aribbps.models.entropy_head import EntropyHead
-from aribbps.models.first_step_refine import FirstStepPart, FirstStepRefine, first_step_parts, pattern_mask
 from aribbps.models.latent import LatentModel
 from aribbps.models.plane_context import PlaneContext
 from aribbps.models.space_context import SpaceContext
+from aribbps.models.step_parts import PartRefine, StepPart, first_step_parts, pattern_mask, second_step_parts
 from aribbps.probability import bits_cost
 
 
@@ -72,20 +72,29 @@ class BitPlaneNet(nn.Module):
                 space = SpaceContext(cfg.space_width, dropout=dropout) if has_space else None
                 entropy = EntropyHead(in_channels, cfg.entropy_width, cfg.entropy_depth, dropout)
                 self.heads[head_key(k, s, cfg.share)] = StepHead(space, entropy)
-        #: The parts step 1 is coded in (:mod:`aribbps.models.first_step_refine`).
+        #: The parts steps 1 and 2 are coded in (:mod:`aribbps.models.step_parts`).
         self.first_step_parts = first_step_parts(cfg.split_first_step, cfg.split_step_1a, cfg.split_step_1a1)
+        self.second_step_parts = second_step_parts(cfg.split_step_2)
         #: Per plane ``p{k}``: the step-1b refinement (``split_first_step``),
-        #: the step-1a2 one (``split_step_1a``) and the step-1a1b one (``split_step_1a1``).
+        #: the step-1a2 one (``split_step_1a``), the step-1a1b one
+        #: (``split_step_1a1``) and the step-2b one (``split_step_2``).
         self.refine: nn.ModuleDict | None = None
         self.refine_a: nn.ModuleDict | None = None
         self.refine_a1: nn.ModuleDict | None = None
+        self.refine_step2: nn.ModuleDict | None = None
         features = cfg.plane_width + cfg.latent_channels
-        for part in self.first_step_parts:
+        for part in self.first_step_parts + self.second_step_parts:
             if part.refine is not None:
                 setattr(self, part.refine, nn.ModuleDict({
-                    f"p{k}": FirstStepRefine(features, cfg.refine_width, cfg.refine_depth, dropout)
+                    f"p{k}": PartRefine(features, cfg.refine_width, cfg.refine_depth, dropout)
                     for k in self.planes
                 }))
+
+    def step_parts(self, s: int) -> tuple[StepPart, ...]:
+        """The parts lattice step ``s`` is coded in, in coding order; () when it is coded whole."""
+        if s == 1:
+            return self.first_step_parts if self.refine is not None else ()
+        return self.second_step_parts if s == 2 else ()
 
     def head(self, k: int, s: int) -> StepHead:
         if k not in self.planes:
@@ -139,31 +148,32 @@ class BitPlaneNet(nn.Module):
         return head.entropy(torch.cat(parts, dim=1), valid_q)
 
     def refined_logits(
-        self, k: int, part: FirstStepPart, context: Tensor, logits: Tensor, plane_bits: Tensor,
+        self, k: int, part: StepPart, context: Tensor, logits: Tensor, plane_bits: Tensor,
         valid: Tensor | None = None, latent: Tensor | None = None,
     ) -> Tensor:
-        """Logits of a refined part of step 1 of plane ``k`` (split configs).
+        """Logits of a refined part of step 1 or 2 of plane ``k`` (split configs).
 
         Args:
-            part: one of :attr:`first_step_parts` with a refinement.
+            part: one of :meth:`step_parts` with a refinement.
             context, valid, latent: as :meth:`step_logits`.
-            logits: (B, 6, H/2, W/2) the step-1 logits of plane ``k``.
+            logits: (B, 6, H/2, W/2) the head logits of plane ``k`` at the part's step.
             plane_bits: (B, 3, H, W) uint8 bits of plane ``k``; only the
-                step-1 positions of ``part.known`` are read.
+                positions of ``part.known`` on the step's grid are read.
 
         Returns:
             (B, 6, H/2, W/2); only the part's positions are meant to be used.
         """
-        if part not in self.first_step_parts or part.refine is None or part.known is None:
-            raise ValueError(f"step-1 part {part.name!r} is not refined by this network")
-        self.head(k, 1)  # checks k
-        features = torch.cat([step_view(context, 1), *self._latent_part(latent, 1)], dim=1)
+        s = part.step
+        if part not in self.step_parts(s) or part.refine is None or part.known is None:
+            raise ValueError(f"step-{s} part {part.name!r} is not refined by this network")
+        self.head(k, s)  # checks k
+        features = torch.cat([step_view(context, s), *self._latent_part(latent, s)], dim=1)
         batch, _, height, width = logits.shape
         known = pattern_mask(part.known, height, width, logits.device).expand(batch, 1, height, width)
         if valid is not None:
-            known = known & step_view(valid, 1)
+            known = known & step_view(valid, s)
         refine = getattr(self, part.refine)[f"p{k}"]
-        return refine(features, logits, step_view(plane_bits, 1), known)
+        return refine(features, logits, step_view(plane_bits, s), known)
 
     def plane_costs(self, x: Tensor, valid: Tensor | None = None, latent: Tensor | None = None) -> Tensor:
         """Bits (−log2 likelihood) of each plane of ``x``, teacher forced.
@@ -189,10 +199,7 @@ class BitPlaneNet(nn.Module):
                 cost = context.new_zeros(batch)
                 for s in range(1, NUM_STEPS + 1):
                     logits = self.step_logits(k, s, context, bits, valid, latent)
-                    if s == 1 and self.refine is not None:  # step 1 in parts
-                        cost = cost + self._first_step_cost(k, logits, context, bits, valid, latent)
-                    else:
-                        cost = cost + _step_cost(logits, bits, valid, s)
+                    cost = cost + self._step_cost(k, s, logits, context, bits, valid, latent)
                 costs.append(cost)
         return torch.stack(costs, dim=1)
 
@@ -241,33 +248,38 @@ class BitPlaneNet(nn.Module):
         valid_q = torch.cat([step_view(valid, s) for s in steps]) if valid is not None else None
         logits = head.entropy(torch.cat(parts, dim=1), valid_q)
         bits_q = torch.cat([step_view(bits, s) for s in steps])
-        if self.refine is None:
+        parted = [s for s in steps if self.step_parts(s)]
+        if not parted:
             return bits_cost(logits, bits_q, valid_q).view(NUM_STEPS, -1).sum(dim=0)
         n = context.shape[0]
-        later_valid = valid_q[n:] if valid_q is not None else None
-        later = bits_cost(logits[n:], bits_q[n:], later_valid).view(NUM_STEPS - 1, -1).sum(dim=0)
-        return later + self._first_step_cost(k, logits[:n], context, bits, valid, latent)
+        whole = [s for s in steps if s not in parted]
+        rows = torch.cat([torch.arange((s - 1) * n, s * n, device=logits.device) for s in whole])
+        whole_valid = valid_q[rows] if valid_q is not None else None
+        cost = bits_cost(logits[rows], bits_q[rows], whole_valid).view(len(whole), -1).sum(dim=0)
+        for s in parted:
+            cost = cost + self._step_cost(k, s, logits[(s - 1) * n:s * n], context, bits, valid, latent)
+        return cost
 
-    def _first_step_cost(
-        self, k: int, logits: Tensor, context: Tensor, bits: Tensor, valid: Tensor | None, latent: Tensor | None
+    def _step_cost(
+        self, k: int, s: int, logits: Tensor, context: Tensor, bits: Tensor, valid: Tensor | None,
+        latent: Tensor | None,
     ) -> Tensor:
-        """Bits of step 1 coded in its parts: the first with ``logits``, the others refined."""
+        """Bits of step ``s`` from its head ``logits``: whole, or in its parts, the later ones refined."""
+        step_bits = step_view(bits, s)
+        valid_q = step_view(valid, s) if valid is not None else None
+        parts = self.step_parts(s)
+        if not parts:
+            return bits_cost(logits, step_bits, valid_q)
         batch, _, height, width = logits.shape
-        step_bits = step_view(bits, 1)
         cost = logits.new_zeros(batch)
-        for part in self.first_step_parts:
+        for part in parts:
             coded = pattern_mask(part.pattern, height, width, logits.device).expand(batch, 1, height, width)
-            if valid is not None:
-                coded = coded & step_view(valid, 1)
+            if valid_q is not None:
+                coded = coded & valid_q
             part_logits = logits if part.refine is None else self.refined_logits(
                 k, part, context, logits, bits, valid, latent)
             cost = cost + bits_cost(part_logits, step_bits, coded)
         return cost
-
-
-def _step_cost(logits: Tensor, bits: Tensor, valid: Tensor | None, s: int) -> Tensor:
-    valid_q = step_view(valid, s) if valid is not None else None
-    return bits_cost(logits, step_view(bits, s), valid_q)
 
 
 def _check_image(x: Tensor) -> None:

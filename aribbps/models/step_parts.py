@@ -1,4 +1,4 @@
-"""Split first lattice step: step 1 coded in parts, the later parts refined.
+"""Split lattice steps: step 1 (and step 2) coded in parts, the later parts refined.
 
 Step 1 of a plane (the (0, 0) parity, a quarter of the pixels) sees no bit
 of its own plane: on smooth images it costs 2-4x what the later steps cost
@@ -17,10 +17,16 @@ the first half is itself coded in two (its even and its odd rows), and with
     1a2:      + refine_a(features, the 1a1 bits): four diagonal 1a1 neighbours
     1b:       + refine(features, the 1a bits): four 1a neighbours at distance 2
 
-Each refinement (:class:`FirstStepRefine`, one per plane) adds a correction
-to the step-1 logits. It reads the step-1 features the head read (plane
-context and latent at the step-1 positions), the head's logits, the signs
-of the known bits of step 1 (zero elsewhere) and the mask of what is known.
+With ``split_step_2`` step 2 (the (1, 1) parity) is coded as a checkerboard
+of its own quarter grid too: 2a with the step-2 head's logits, 2b refined by
+``refine_step2`` with the 2a bits, four of them at distance 2 (pixels).
+Step 2 costs 10-30% more per bit than steps 3-4, whose four nearest
+neighbours are known; 2b sees four more of its plane.
+
+Each refinement (:class:`PartRefine`, one per plane) adds a correction
+to the step's head logits. It reads the features the head read (plane
+context and latent at the step's positions), the head's logits, the signs
+of the known bits of the step (zero elsewhere) and the mask of what is known.
 Its output convolution starts at zero, so a model grown into a split config
 (:mod:`aribbps.models.deepen`) codes exactly as before until it is trained.
 """
@@ -39,7 +45,7 @@ EXTRA_CHANNELS = NUM_LOGITS + 3 + 1
 
 
 def pattern_mask(pattern: str, height: int, width: int, device: torch.device | str | None = None) -> Tensor:
-    """(1, 1, h, w) bool on the quarter grid of step 1.
+    """(1, 1, h, w) bool on the quarter grid of a lattice step.
 
     ``pattern``: "all"; "a" (row + column even) and "b" (odd), the halves of
     ``split_first_step``; "a1" (row and column even) and "a2" (both odd), the
@@ -58,24 +64,27 @@ def pattern_mask(pattern: str, height: int, width: int, device: torch.device | s
     elif pattern in ("a1a", "a1b"):
         mask = (rows % 2 == 0) & (cols % 2 == 0) & ((rows // 2 + cols // 2) % 2 == (0 if pattern == "a1a" else 1))
     else:
-        raise ValueError(f"unknown step-1 pattern {pattern!r}")
+        raise ValueError(f"unknown step-part pattern {pattern!r}")
     return mask[None, None]
 
 
 @dataclass(frozen=True)
-class FirstStepPart:
-    """One part of step 1, coded as one stage.
+class StepPart:
+    """One part of a lattice step, coded as one stage.
 
     Attributes:
-        name: "" (step 1 whole), "a", "b", "a1", "a2", "a1a" or "a1b".
-        known: the pattern of the step-1 bits it reads, None for none.
+        name: "" (the step whole), "a", "b", "a1", "a2", "a1a" or "a1b".
+        known: the pattern of the step's bits it reads, None for none.
         refine: the network attribute holding its refinements ("refine",
-            "refine_a", "refine_a1"), None for the step-1 logits as they are.
+            "refine_a", "refine_a1", "refine_step2"), None for the step's
+            head logits as they are.
+        step: the lattice step (1 or 2) whose quarter grid the patterns are on.
     """
 
     name: str
     known: str | None = None
     refine: str | None = None
+    step: int = 1
 
     @property
     def pattern(self) -> str:
@@ -84,24 +93,31 @@ class FirstStepPart:
 
 
 def first_step_parts(split_first_step: bool, split_step_1a: bool,
-                     split_step_1a1: bool = False) -> tuple[FirstStepPart, ...]:
+                     split_step_1a1: bool = False) -> tuple[StepPart, ...]:
     """The parts of step 1 in coding order."""
     if not split_first_step:
-        return (FirstStepPart(""),)
-    second = FirstStepPart("b", known="a", refine="refine")
+        return (StepPart(""),)
+    second = StepPart("b", known="a", refine="refine")
     if not split_step_1a:
-        return FirstStepPart("a"), second
-    fourth = FirstStepPart("a2", known="a1", refine="refine_a")
+        return StepPart("a"), second
+    fourth = StepPart("a2", known="a1", refine="refine_a")
     if not split_step_1a1:
-        return FirstStepPart("a1"), fourth, second
-    return FirstStepPart("a1a"), FirstStepPart("a1b", known="a1a", refine="refine_a1"), fourth, second
+        return StepPart("a1"), fourth, second
+    return StepPart("a1a"), StepPart("a1b", known="a1a", refine="refine_a1"), fourth, second
 
 
-class FirstStepRefine(nn.Module):
-    """Logit correction of one plane at the positions of a later part of step 1.
+def second_step_parts(split_step_2: bool) -> tuple[StepPart, ...]:
+    """The parts of step 2 in coding order; () when it is coded whole."""
+    if not split_step_2:
+        return ()
+    return StepPart("a", step=2), StepPart("b", known="a", refine="refine_step2", step=2)
+
+
+class PartRefine(nn.Module):
+    """Logit correction of one plane at the positions of a later part of a step.
 
     Args:
-        feature_channels: channels of the step-1 features (plane context + latent).
+        feature_channels: channels of the step's features (plane context + latent).
         width, depth: of the residual stack on the quarter grid.
         dropout: dropout in the residual blocks.
     """
@@ -117,9 +133,9 @@ class FirstStepRefine(nn.Module):
         """Refined logits (B, 6, h, w), meant for the part's positions only.
 
         Args:
-            features: (B, C, h, w) step-1 features (context and latent views).
-            logits: (B, 6, h, w) the step-1 head's logits.
-            step_bits: (B, 3, h, w) the plane's bits at the step-1 positions;
+            features: (B, C, h, w) the step's features (context and latent views).
+            logits: (B, 6, h, w) the step's head logits.
+            step_bits: (B, 3, h, w) the plane's bits at the step's positions;
                 only the ``known`` ones are read.
             known: (B, 1, h, w) bool, the known (and valid) positions.
         """

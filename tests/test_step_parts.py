@@ -1,4 +1,4 @@
-"""Split first lattice step: causality, the coding stages, exact round trips, training pieces."""
+"""Split lattice steps 1 and 2: causality, the coding stages, exact round trips, training pieces."""
 from __future__ import annotations
 
 import dataclasses
@@ -13,16 +13,17 @@ from aribbps.codec import PlaneCodec, PlaneNets, Stage, coding_stages, teacher_f
 from aribbps.config import ModelConfig, get_config
 from aribbps.models.bitplane_net import build_nets
 from aribbps.models.deepen import deepen, deepening_problem
-from aribbps.models.first_step_refine import FirstStepPart, first_step_parts, pattern_mask
+from aribbps.models.step_parts import StepPart, first_step_parts, pattern_mask, second_step_parts
 from aribbps.train.trainer import freeze_all_but
 from kernels import HAS_TRITON, interpreter_mode
 from tests.conftest import smooth_images
 
 
 def split_config(base: str = "tiny", levels: int = 1) -> ModelConfig:
-    """``levels`` 1-3: split_first_step, + split_step_1a, + split_step_1a1."""
+    """``levels`` 1-4: split_first_step, + split_step_1a, + split_step_1a1, + split_step_2."""
     return dataclasses.replace(get_config(base), name=f"{base}-split{levels}", split_first_step=True,
-                               split_step_1a=levels >= 2, split_step_1a1=levels >= 3, refine_width=8)
+                               split_step_1a=levels >= 2, split_step_1a1=levels >= 3, split_step_2=levels >= 4,
+                               refine_width=8)
 
 
 def split_nets(base: str = "tiny", seed: int = 0, scale: float = 0.3, levels: int = 1) -> tuple[PlaneNets, int]:
@@ -46,27 +47,30 @@ def _items(seed: int, n: int) -> list[np.ndarray]:
     return out
 
 
-@pytest.mark.parametrize("levels", [1, 2, 3])
-def test_the_parts_partition_step_1(levels: int) -> None:
+@pytest.mark.parametrize("levels", [1, 2, 3, 4])
+def test_the_parts_partition_their_steps(levels: int) -> None:
     nets, _ = split_nets(levels=levels)
     stages = coding_stages(nets.ins)
-    names = {1: ["a", "b"], 2: ["a1", "a2", "b"], 3: ["a1a", "a1b", "a2", "b"]}[levels]
+    names = {1: ["a", "b"], 2: ["a1", "a2", "b"], 3: ["a1a", "a1b", "a2", "b"], 4: ["a1a", "a1b", "a2", "b"]}[levels]
+    second = [(2, "a"), (2, "b")] if levels == 4 else [(2, None)]
     assert [(st.s, st.part.name if st.part else None) for st in stages] == \
-        [(1, n) for n in names] + [(2, None), (3, None), (4, None)]
+        [(1, n) for n in names] + second + [(3, None), (4, None)]
     plain, _ = arib_free_nets()
     assert [(st.s, st.whole) for st in coding_stages(plain.ins)] == [(s, True) for s in range(1, 5)]
     valid = torch.zeros(2, 1, 10, 12, dtype=torch.bool)
     valid[0, :, :7, :9] = True
     valid[1] = True
-    parts = [st.valid(valid) for st in stages if st.s == 1]
-    assert int(sum(p.sum() for p in parts)) == int(Stage(1).valid(valid).sum())
-    assert torch.equal(torch.stack(parts).any(0), Stage(1).valid(valid))
-    order = first_step_parts(True, levels >= 2, levels >= 3)
-    for i, part in enumerate(order):  # each refined part reads only parts coded before it
-        if part.known is not None:
-            coded_before = torch.stack([pattern_mask(p.pattern, 6, 6) for p in order[:i]]).any(0)
-            assert not (pattern_mask(part.known, 6, 6) & ~coded_before).any()
-            assert not (pattern_mask(part.known, 6, 6) & pattern_mask(part.pattern, 6, 6)).any()
+    for s in (1, 2):
+        parts = [st.valid(valid) for st in stages if st.s == s]
+        assert int(sum(p.sum() for p in parts)) == int(Stage(s).valid(valid).sum())
+        assert torch.equal(torch.stack(parts).any(0), Stage(s).valid(valid))
+    for order in (first_step_parts(True, levels >= 2, levels >= 3), second_step_parts(levels >= 4)):
+        for i, part in enumerate(order):  # each refined part reads only parts of its step coded before it
+            if part.known is not None:
+                coded_before = torch.stack([pattern_mask(p.pattern, 6, 6) for p in order[:i]]).any(0)
+                assert not (pattern_mask(part.known, 6, 6) & ~coded_before).any()
+                assert not (pattern_mask(part.known, 6, 6) & pattern_mask(part.pattern, 6, 6)).any()
+                assert part.step == order[0].step
     assert pattern_mask("a", 3, 3)[0, 0].tolist() == [[True, False, True], [False, True, False], [True, False, True]]
     assert pattern_mask("a2", 3, 3)[0, 0].tolist() == [[False, False, False], [False, True, False],
                                                        [False, False, False]]
@@ -78,7 +82,7 @@ def arib_free_nets() -> tuple[PlaneNets, int]:
     return PlaneNets(sig.eval(), ins.eval()), cfg.pad_multiple
 
 
-@pytest.mark.parametrize("levels", [1, 2, 3])
+@pytest.mark.parametrize("levels", [1, 2, 3, 4])
 def test_a_refined_part_reads_its_known_bits_and_nothing_else(levels: int) -> None:
     nets, _ = split_nets(levels=levels)
     net = nets.ins
@@ -87,23 +91,28 @@ def test_a_refined_part_reads_its_known_bits_and_nothing_else(levels: int) -> No
     with torch.no_grad():
         context = net.plane_context(x, k)
         bits = plane_bits(x, k)
-        logits = net.step_logits(k, 1, context, bits)
-        for part in net.first_step_parts:
+        for part in net.step_parts(1) + net.step_parts(2):
             if part.refine is None:
                 continue
+            logits = net.step_logits(k, part.step, context, bits)
             refined = net.refined_logits(k, part, context, logits, bits)
             known = pattern_mask(part.known, 8, 8)
             flip_other, flip_known = bits.clone(), bits.clone()
-            step_view(flip_other, 1)[:] ^= (~known).to(torch.uint8)
-            step_view(flip_known, 1)[:] ^= known.to(torch.uint8)
+            step_view(flip_other, part.step)[:] ^= (~known).to(torch.uint8)
+            step_view(flip_known, part.step)[:] ^= known.to(torch.uint8)
+            for s in {1, 2} - {part.step}:  # and no bit of the other step
+                step_view(flip_other, s)[:] ^= 1
             assert torch.equal(net.refined_logits(k, part, context, logits, flip_other), refined)
             assert not torch.allclose(net.refined_logits(k, part, context, logits, flip_known), refined)
         with pytest.raises(ValueError, match="not refined"):
-            net.refined_logits(k, FirstStepPart("a"), context, logits, bits)
+            net.refined_logits(k, StepPart("a"), context, logits, bits)
+        with pytest.raises(ValueError, match="not refined"):
+            net.refined_logits(k, StepPart("b", known="a", refine="refine_step2", step=3), context, logits, bits)
 
 
 @pytest.mark.parametrize("mode,lanes,levels", [("single", 1, 1), ("single", 3, 2), ("dataset", 4, 1),
-                                              ("dataset", 2, 2), ("single", 2, 3), ("dataset", 3, 3)])
+                                              ("dataset", 2, 2), ("single", 2, 3), ("dataset", 3, 3),
+                                              ("single", 2, 4), ("dataset", 3, 4)])
 def test_arib_round_trip(mode: str, lanes: int, levels: int) -> None:
     nets, multiple = split_nets(levels=levels)
     items = _items(lanes, 13)
@@ -115,7 +124,7 @@ def test_arib_round_trip(mode: str, lanes: int, levels: int) -> None:
         np.testing.assert_array_equal(got, want)
 
 
-@pytest.mark.parametrize("levels", [1, 2, 3])
+@pytest.mark.parametrize("levels", [1, 2, 3, 4])
 def test_context_codec_round_trip_and_its_accounting(levels: int) -> None:
     nets, multiple = split_nets("tiny-context", seed=2, scale=0.1, levels=levels)
     items = _items(9, 9)
@@ -131,7 +140,7 @@ def test_context_codec_round_trip_and_its_accounting(levels: int) -> None:
 @pytest.mark.skipif(not (HAS_TRITON and interpreter_mode()), reason="needs triton and TRITON_INTERPRET=1")
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
 def test_round_trip_on_the_triton_path() -> None:
-    nets, multiple = split_nets("tiny-context", seed=3, scale=0.2, levels=3)
+    nets, multiple = split_nets("tiny-context", seed=3, scale=0.2, levels=4)
     items = _items(4, 2)
     codec = PlaneCodec(nets, multiple, 1, threads=1, kernel_path="triton")
     streams, _ = codec.encode(items)
@@ -139,7 +148,7 @@ def test_round_trip_on_the_triton_path() -> None:
         np.testing.assert_array_equal(got, want)
 
 
-@pytest.mark.parametrize("levels", [1, 2, 3])
+@pytest.mark.parametrize("levels", [1, 2, 3, 4])
 def test_training_cost_is_what_the_coder_is_given(levels: int) -> None:
     nets, _ = split_nets(seed=4, scale=0.2, levels=levels)
     valid = torch.ones(3, 1, 16, 16, dtype=torch.bool)
@@ -161,9 +170,10 @@ def test_a_model_grown_into_the_split_config_codes_as_before():
     with torch.no_grad():
         for p in list(sig.parameters()) + list(ins.parameters()):
             p.add_(torch.randn_like(p) * 0.2)
-    target, twice, thrice = split_config(), split_config(levels=2), split_config(levels=3)
+    target, twice, thrice, step2 = (split_config(levels=n) for n in (1, 2, 3, 4))
     assert deepening_problem(base, target) is None and deepening_problem(target, twice) is None
-    assert deepening_problem(twice, thrice) is None
+    assert deepening_problem(twice, thrice) is None and deepening_problem(thrice, step2) is None
+    assert "split_step_2 (True -> False)" in deepening_problem(step2, thrice)
     assert "split_first_step (True -> False)" in deepening_problem(target, base)
     assert "split_step_1a (True -> False)" in deepening_problem(twice, target)
     assert "split_step_1a1 (True -> False)" in deepening_problem(thrice, twice)
@@ -174,6 +184,7 @@ def test_a_model_grown_into_the_split_config_codes_as_before():
             p.add_(torch.randn_like(p) * 0.2)
     _, grown_twice = deepen(target, (sig, grown_ins), twice)
     _, grown_thrice = deepen(twice, (sig, grown_twice), thrice)
+    _, grown_step2 = deepen(thrice, (sig, grown_thrice), step2)
     x = smooth_images(2, 16, 1)
     with torch.no_grad():
         before = ins.eval().plane_costs(x)
@@ -182,6 +193,7 @@ def test_a_model_grown_into_the_split_config_codes_as_before():
         assert not torch.allclose(refined, before)
         torch.testing.assert_close(grown_twice.eval().plane_costs(x), refined)
         torch.testing.assert_close(grown_thrice.eval().plane_costs(x), refined)
+        torch.testing.assert_close(grown_step2.eval().plane_costs(x), refined)
 
 
 def test_train_only_freezes_everything_but_the_named_part():
