@@ -21,11 +21,14 @@ from typing import Any, Mapping
 PLANE_CONTEXT_MULTIPLE = 2
 
 
-def _check_splits(split_first_step: bool, split_step_1a: bool, split_step_1a1: bool) -> None:
+def _check_splits(split_first_step: bool, split_step_1a: bool, split_step_1a1: bool,
+                  split_step_1a1a: bool) -> None:
     if split_step_1a and not split_first_step:
         raise ValueError("split_step_1a splits the first half of step 1: it needs split_first_step")
     if split_step_1a1 and not split_step_1a:
         raise ValueError("split_step_1a1 splits part 1a1 of step 1: it needs split_step_1a")
+    if split_step_1a1a and not split_step_1a1:
+        raise ValueError("split_step_1a1a splits part 1a1a of step 1: it needs split_step_1a1")
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,7 @@ class NetConfig:
             (:mod:`aribbps.models.step_parts`).
         split_step_1a: also code the first half in two, the second refined.
         split_step_1a1: also code the first of those in two, the second refined.
+        split_step_1a1a: and the first of those in two again, the second refined.
         split_step_2: code lattice step 2 in two halves, a checkerboard of its
             positions, the second refined by the first's bits.
         refine_width, refine_depth: width and residual blocks of those refinements.
@@ -67,12 +71,13 @@ class NetConfig:
     split_first_step: bool = False
     split_step_1a: bool = False
     split_step_1a1: bool = False
+    split_step_1a1a: bool = False
     split_step_2: bool = False
     refine_width: int = 32
     refine_depth: int = 2
 
     def __post_init__(self) -> None:
-        _check_splits(self.split_first_step, self.split_step_1a, self.split_step_1a1)
+        _check_splits(self.split_first_step, self.split_step_1a, self.split_step_1a1, self.split_step_1a1a)
         if not self.planes or any(not 1 <= k <= 8 for k in self.planes):
             raise ValueError(f"planes must be a non-empty subset of 1..8, got {self.planes!r}")
         if list(self.planes) != sorted(set(self.planes)):
@@ -123,18 +128,19 @@ class ModelConfig:
     #: model codes every plane from plane and space contexts ("context" mode).
     use_latent: bool = True
     #: Code each plane's lattice step 1 as a checkerboard in two halves, the
-    #: first half in two again, and the first of those in two again (see
+    #: first half in two again, and the first of those in two again, twice (see
     #: :class:`NetConfig`); step 2 as a checkerboard; the refinement nets'
     #: width and depth.
     split_first_step: bool = False
     split_step_1a: bool = False
     split_step_1a1: bool = False
+    split_step_1a1a: bool = False
     split_step_2: bool = False
     refine_width: int = 32
     refine_depth: int = 2
 
     def __post_init__(self) -> None:
-        _check_splits(self.split_first_step, self.split_step_1a, self.split_step_1a1)
+        _check_splits(self.split_first_step, self.split_step_1a, self.split_step_1a1, self.split_step_1a1a)
         if not 1 <= self.sig_num <= 7:
             raise ValueError(f"sig_num must be in 1..7, got {self.sig_num!r}")
         if self.n_layers < 1:
@@ -172,6 +178,7 @@ class ModelConfig:
             split_first_step=self.split_first_step,
             split_step_1a=self.split_step_1a,
             split_step_1a1=self.split_step_1a1,
+            split_step_1a1a=self.split_step_1a1a,
             split_step_2=self.split_step_2,
             refine_width=self.refine_width,
             refine_depth=self.refine_depth,
@@ -192,6 +199,7 @@ class ModelConfig:
             split_first_step=self.split_first_step,
             split_step_1a=self.split_step_1a,
             split_step_1a1=self.split_step_1a1,
+            split_step_1a1a=self.split_step_1a1a,
             split_step_2=self.split_step_2,
             refine_width=self.refine_width,
             refine_depth=self.refine_depth,
@@ -306,6 +314,8 @@ CONFIGS["medium-split2"] = dataclasses.replace(CONFIGS["medium-split"], name="me
 CONFIGS["medium-split3"] = dataclasses.replace(CONFIGS["medium-split2"], name="medium-split3", split_step_1a1=True)
 CONFIGS["medium-split3-s2"] = dataclasses.replace(CONFIGS["medium-split3"], name="medium-split3-s2",
                                                   split_step_2=True)
+CONFIGS["medium-split4-s2"] = dataclasses.replace(CONFIGS["medium-split3-s2"], name="medium-split4-s2",
+                                                  split_step_1a1a=True)
 # ``medium`` with a deeper INS net (planes 5-8 hold most of the bits), grown
 # the same way from a trained ``medium`` model.
 CONFIGS["deep-ins"] = dataclasses.replace(CONFIGS["medium"], name="deep-ins", ins_plane_depth=8, ins_entropy_depth=3)

@@ -20,10 +20,10 @@ from tests.conftest import smooth_images
 
 
 def split_config(base: str = "tiny", levels: int = 1) -> ModelConfig:
-    """``levels`` 1-4: split_first_step, + split_step_1a, + split_step_1a1, + split_step_2."""
+    """``levels`` 1-5: split_first_step, + split_step_1a, + split_step_1a1, + split_step_2, + split_step_1a1a."""
     return dataclasses.replace(get_config(base), name=f"{base}-split{levels}", split_first_step=True,
                                split_step_1a=levels >= 2, split_step_1a1=levels >= 3, split_step_2=levels >= 4,
-                               refine_width=8)
+                               split_step_1a1a=levels >= 5, refine_width=8)
 
 
 def split_nets(base: str = "tiny", seed: int = 0, scale: float = 0.3, levels: int = 1) -> tuple[PlaneNets, int]:
@@ -47,12 +47,13 @@ def _items(seed: int, n: int) -> list[np.ndarray]:
     return out
 
 
-@pytest.mark.parametrize("levels", [1, 2, 3, 4])
+@pytest.mark.parametrize("levels", [1, 2, 3, 4, 5])
 def test_the_parts_partition_their_steps(levels: int) -> None:
     nets, _ = split_nets(levels=levels)
     stages = coding_stages(nets.ins)
-    names = {1: ["a", "b"], 2: ["a1", "a2", "b"], 3: ["a1a", "a1b", "a2", "b"], 4: ["a1a", "a1b", "a2", "b"]}[levels]
-    second = [(2, "a"), (2, "b")] if levels == 4 else [(2, None)]
+    names = {1: ["a", "b"], 2: ["a1", "a2", "b"], 3: ["a1a", "a1b", "a2", "b"], 4: ["a1a", "a1b", "a2", "b"],
+             5: ["a1a1", "a1a2", "a1b", "a2", "b"]}[levels]
+    second = [(2, "a"), (2, "b")] if levels >= 4 else [(2, None)]
     assert [(st.s, st.part.name if st.part else None) for st in stages] == \
         [(1, n) for n in names] + second + [(3, None), (4, None)]
     plain, _ = arib_free_nets()
@@ -64,7 +65,7 @@ def test_the_parts_partition_their_steps(levels: int) -> None:
         parts = [st.valid(valid) for st in stages if st.s == s]
         assert int(sum(p.sum() for p in parts)) == int(Stage(s).valid(valid).sum())
         assert torch.equal(torch.stack(parts).any(0), Stage(s).valid(valid))
-    for order in (first_step_parts(True, levels >= 2, levels >= 3), second_step_parts(levels >= 4)):
+    for order in (first_step_parts(True, levels >= 2, levels >= 3, levels >= 5), second_step_parts(levels >= 4)):
         for i, part in enumerate(order):  # each refined part reads only parts of its step coded before it
             if part.known is not None:
                 coded_before = torch.stack([pattern_mask(p.pattern, 6, 6) for p in order[:i]]).any(0)
@@ -74,6 +75,8 @@ def test_the_parts_partition_their_steps(levels: int) -> None:
     assert pattern_mask("a", 3, 3)[0, 0].tolist() == [[True, False, True], [False, True, False], [True, False, True]]
     assert pattern_mask("a2", 3, 3)[0, 0].tolist() == [[False, False, False], [False, True, False],
                                                        [False, False, False]]
+    assert torch.equal(pattern_mask("a1a1", 8, 8) | pattern_mask("a1a2", 8, 8), pattern_mask("a1a", 8, 8))
+    assert pattern_mask("a1a2", 8, 8)[0, 0].nonzero().tolist() == [[2, 2], [2, 6], [6, 2], [6, 6]]
 
 
 def arib_free_nets() -> tuple[PlaneNets, int]:
@@ -82,7 +85,7 @@ def arib_free_nets() -> tuple[PlaneNets, int]:
     return PlaneNets(sig.eval(), ins.eval()), cfg.pad_multiple
 
 
-@pytest.mark.parametrize("levels", [1, 2, 3, 4])
+@pytest.mark.parametrize("levels", [1, 2, 3, 4, 5])
 def test_a_refined_part_reads_its_known_bits_and_nothing_else(levels: int) -> None:
     nets, _ = split_nets(levels=levels)
     net = nets.ins
@@ -112,7 +115,7 @@ def test_a_refined_part_reads_its_known_bits_and_nothing_else(levels: int) -> No
 
 @pytest.mark.parametrize("mode,lanes,levels", [("single", 1, 1), ("single", 3, 2), ("dataset", 4, 1),
                                               ("dataset", 2, 2), ("single", 2, 3), ("dataset", 3, 3),
-                                              ("single", 2, 4), ("dataset", 3, 4)])
+                                              ("single", 2, 4), ("dataset", 3, 5)])
 def test_arib_round_trip(mode: str, lanes: int, levels: int) -> None:
     nets, multiple = split_nets(levels=levels)
     items = _items(lanes, 13)
@@ -124,7 +127,7 @@ def test_arib_round_trip(mode: str, lanes: int, levels: int) -> None:
         np.testing.assert_array_equal(got, want)
 
 
-@pytest.mark.parametrize("levels", [1, 2, 3, 4])
+@pytest.mark.parametrize("levels", [1, 2, 3, 5])
 def test_context_codec_round_trip_and_its_accounting(levels: int) -> None:
     nets, multiple = split_nets("tiny-context", seed=2, scale=0.1, levels=levels)
     items = _items(9, 9)
@@ -140,7 +143,7 @@ def test_context_codec_round_trip_and_its_accounting(levels: int) -> None:
 @pytest.mark.skipif(not (HAS_TRITON and interpreter_mode()), reason="needs triton and TRITON_INTERPRET=1")
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
 def test_round_trip_on_the_triton_path() -> None:
-    nets, multiple = split_nets("tiny-context", seed=3, scale=0.2, levels=4)
+    nets, multiple = split_nets("tiny-context", seed=3, scale=0.2, levels=5)
     items = _items(4, 2)
     codec = PlaneCodec(nets, multiple, 1, threads=1, kernel_path="triton")
     streams, _ = codec.encode(items)
@@ -148,7 +151,7 @@ def test_round_trip_on_the_triton_path() -> None:
         np.testing.assert_array_equal(got, want)
 
 
-@pytest.mark.parametrize("levels", [1, 2, 3, 4])
+@pytest.mark.parametrize("levels", [1, 2, 3, 4, 5])
 def test_training_cost_is_what_the_coder_is_given(levels: int) -> None:
     nets, _ = split_nets(seed=4, scale=0.2, levels=levels)
     valid = torch.ones(3, 1, 16, 16, dtype=torch.bool)
@@ -170,10 +173,12 @@ def test_a_model_grown_into_the_split_config_codes_as_before():
     with torch.no_grad():
         for p in list(sig.parameters()) + list(ins.parameters()):
             p.add_(torch.randn_like(p) * 0.2)
-    target, twice, thrice, step2 = (split_config(levels=n) for n in (1, 2, 3, 4))
+    target, twice, thrice, step2, fourth = (split_config(levels=n) for n in (1, 2, 3, 4, 5))
     assert deepening_problem(base, target) is None and deepening_problem(target, twice) is None
     assert deepening_problem(twice, thrice) is None and deepening_problem(thrice, step2) is None
     assert "split_step_2 (True -> False)" in deepening_problem(step2, thrice)
+    assert deepening_problem(step2, fourth) is None
+    assert "split_step_1a1a (True -> False)" in deepening_problem(fourth, step2)
     assert "split_first_step (True -> False)" in deepening_problem(target, base)
     assert "split_step_1a (True -> False)" in deepening_problem(twice, target)
     assert "split_step_1a1 (True -> False)" in deepening_problem(thrice, twice)
@@ -185,6 +190,7 @@ def test_a_model_grown_into_the_split_config_codes_as_before():
     _, grown_twice = deepen(target, (sig, grown_ins), twice)
     _, grown_thrice = deepen(twice, (sig, grown_twice), thrice)
     _, grown_step2 = deepen(thrice, (sig, grown_thrice), step2)
+    _, grown_fourth = deepen(step2, (sig, grown_step2), fourth)
     x = smooth_images(2, 16, 1)
     with torch.no_grad():
         before = ins.eval().plane_costs(x)
@@ -194,6 +200,7 @@ def test_a_model_grown_into_the_split_config_codes_as_before():
         torch.testing.assert_close(grown_twice.eval().plane_costs(x), refined)
         torch.testing.assert_close(grown_thrice.eval().plane_costs(x), refined)
         torch.testing.assert_close(grown_step2.eval().plane_costs(x), refined)
+        torch.testing.assert_close(grown_fourth.eval().plane_costs(x), refined)
 
 
 def test_train_only_freezes_everything_but_the_named_part():
@@ -203,3 +210,11 @@ def test_train_only_freezes_everything_but_the_named_part():
     assert trained == len(names) > 0 and all(".refine." in f".{n}" for n in names)
     with pytest.raises(ValueError, match="no trained parameter"):
         freeze_all_but(nets.ins, "no-such-part")
+
+
+@pytest.mark.parametrize("field,needs", [("split_step_1a", "split_first_step"), ("split_step_1a1", "split_step_1a"),
+                                         ("split_step_1a1a", "split_step_1a1")])
+def test_a_split_needs_the_split_it_splits(field: str, needs: str) -> None:
+    full = split_config(levels=5)
+    with pytest.raises(ValueError, match=f"{field} splits .* it needs {needs}$"):
+        dataclasses.replace(full, **{needs: False})

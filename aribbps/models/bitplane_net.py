@@ -73,14 +73,17 @@ class BitPlaneNet(nn.Module):
                 entropy = EntropyHead(in_channels, cfg.entropy_width, cfg.entropy_depth, dropout)
                 self.heads[head_key(k, s, cfg.share)] = StepHead(space, entropy)
         #: The parts steps 1 and 2 are coded in (:mod:`aribbps.models.step_parts`).
-        self.first_step_parts = first_step_parts(cfg.split_first_step, cfg.split_step_1a, cfg.split_step_1a1)
+        self.first_step_parts = first_step_parts(cfg.split_first_step, cfg.split_step_1a, cfg.split_step_1a1,
+                                                 cfg.split_step_1a1a)
         self.second_step_parts = second_step_parts(cfg.split_step_2)
         #: Per plane ``p{k}``: the step-1b refinement (``split_first_step``),
         #: the step-1a2 one (``split_step_1a``), the step-1a1b one
-        #: (``split_step_1a1``) and the step-2b one (``split_step_2``).
+        #: (``split_step_1a1``), the step-1a1a2 one (``split_step_1a1a``) and the
+        #: step-2b one (``split_step_2``).
         self.refine: nn.ModuleDict | None = None
         self.refine_a: nn.ModuleDict | None = None
         self.refine_a1: nn.ModuleDict | None = None
+        self.refine_a1a: nn.ModuleDict | None = None
         self.refine_step2: nn.ModuleDict | None = None
         features = cfg.plane_width + cfg.latent_channels
         for part in self.first_step_parts + self.second_step_parts:

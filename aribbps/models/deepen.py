@@ -5,7 +5,7 @@ zero-initialised, see :mod:`aribbps.models.layers`), so a model whose
 residual stacks are made deeper computes exactly what it computed before.
 Training can then go on from the trained weights with more capacity,
 instead of starting a larger model from scratch. The same holds for turning
-on ``split_first_step``, ``split_step_1a``, ``split_step_1a1`` or ``split_step_2``: the new refinements start at a
+on ``split_first_step``, ``split_step_1a``, ``split_step_1a1``, ``split_step_1a1a`` or ``split_step_2``: the new refinements start at a
 zero correction (:mod:`aribbps.models.step_parts`).
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from aribbps.models.bitplane_net import BitPlaneNet, build_nets
 #: The config fields that may grow; every other field (but the name) must match.
 DEPTH_FIELDS = ("sig_plane_depth", "ins_plane_depth", "entropy_depth", "ins_entropy_depth")
 #: Splits of steps 1 and 2 that may be turned on (never off).
-SPLIT_FIELDS = ("split_first_step", "split_step_1a", "split_step_1a1", "split_step_2")
+SPLIT_FIELDS = ("split_first_step", "split_step_1a", "split_step_1a1", "split_step_1a1a", "split_step_2")
 #: The refinements' size: free while a model has none.
 REFINE_FIELDS = ("refine_width", "refine_depth")
 

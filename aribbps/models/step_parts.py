@@ -5,14 +5,16 @@ of its own plane: on smooth images it costs 2-4x what the later steps cost
 per bit. With ``split_first_step`` the step-1 positions are coded in two
 halves, a checkerboard of the quarter grid; with ``split_step_1a`` as well,
 the first half is itself coded in two (its even and its odd rows), and with
-``split_step_1a1`` the first of those in two again (a checkerboard of it)::
+``split_step_1a1`` the first of those in two again (a checkerboard of it), and
+with ``split_step_1a1a`` that first one in two again (its even and odd rows)::
 
     quarter grid     split_first_step        + split_step_1a
     (step 1 only)    a b a b                 1 b 1 b
                      b a b a                 b 2 b 2
                      a b a b                 1 b 1 b
 
-    1a / 1a1 / 1a1a: the step-1 head's logits, no bit of the plane known
+    1a / 1a1 / 1a1a / 1a1a1: the step-1 head's logits, no bit of the plane known
+    1a1a2:    + refine_a1a(features, the 1a1a1 bits): four diagonal 1a1a1 neighbours, (4, 4) pixels away
     1a1b:     + refine_a1(features, the 1a1a bits): four 1a1a neighbours at distance 4
     1a2:      + refine_a(features, the 1a1 bits): four diagonal 1a1 neighbours
     1b:       + refine(features, the 1a bits): four 1a neighbours at distance 2
@@ -50,7 +52,9 @@ def pattern_mask(pattern: str, height: int, width: int, device: torch.device | s
     ``pattern``: "all"; "a" (row + column even) and "b" (odd), the halves of
     ``split_first_step``; "a1" (row and column even) and "a2" (both odd), the
     halves of "a" that ``split_step_1a`` codes apart; "a1a" and "a1b", the
-    checkerboard of "a1" on its own grid (row/2 + column/2 even or odd).
+    checkerboard of "a1" on its own grid (row/2 + column/2 even or odd);
+    "a1a1" (row and column multiples of 4) and "a1a2" (both 2 mod 4), the
+    halves of "a1a".
     """
     rows = torch.arange(height, device=device)[:, None]
     cols = torch.arange(width, device=device)[None, :]
@@ -63,6 +67,9 @@ def pattern_mask(pattern: str, height: int, width: int, device: torch.device | s
         mask = (rows % 2 == parity) & (cols % 2 == parity)
     elif pattern in ("a1a", "a1b"):
         mask = (rows % 2 == 0) & (cols % 2 == 0) & ((rows // 2 + cols // 2) % 2 == (0 if pattern == "a1a" else 1))
+    elif pattern in ("a1a1", "a1a2"):
+        rest = 0 if pattern == "a1a1" else 2
+        mask = (rows % 4 == rest) & (cols % 4 == rest)
     else:
         raise ValueError(f"unknown step-part pattern {pattern!r}")
     return mask[None, None]
@@ -73,10 +80,10 @@ class StepPart:
     """One part of a lattice step, coded as one stage.
 
     Attributes:
-        name: "" (the step whole), "a", "b", "a1", "a2", "a1a" or "a1b".
+        name: "" (the step whole), "a", "b", "a1", "a2", "a1a", "a1b", "a1a1" or "a1a2".
         known: the pattern of the step's bits it reads, None for none.
         refine: the network attribute holding its refinements ("refine",
-            "refine_a", "refine_a1", "refine_step2"), None for the step's
+            "refine_a", "refine_a1", "refine_a1a", "refine_step2"), None for the step's
             head logits as they are.
         step: the lattice step (1 or 2) whose quarter grid the patterns are on.
     """
@@ -93,7 +100,7 @@ class StepPart:
 
 
 def first_step_parts(split_first_step: bool, split_step_1a: bool,
-                     split_step_1a1: bool = False) -> tuple[StepPart, ...]:
+                     split_step_1a1: bool = False, split_step_1a1a: bool = False) -> tuple[StepPart, ...]:
     """The parts of step 1 in coding order."""
     if not split_first_step:
         return (StepPart(""),)
@@ -103,7 +110,10 @@ def first_step_parts(split_first_step: bool, split_step_1a: bool,
     fourth = StepPart("a2", known="a1", refine="refine_a")
     if not split_step_1a1:
         return StepPart("a1"), fourth, second
-    return StepPart("a1a"), StepPart("a1b", known="a1a", refine="refine_a1"), fourth, second
+    third = StepPart("a1b", known="a1a", refine="refine_a1")
+    if not split_step_1a1a:
+        return StepPart("a1a"), third, fourth, second
+    return StepPart("a1a1"), StepPart("a1a2", known="a1a1", refine="refine_a1a"), third, fourth, second
 
 
 def second_step_parts(split_step_2: bool) -> tuple[StepPart, ...]:
