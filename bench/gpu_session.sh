@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# One lease of a GPU machine, as one prepared script (docs/gpu.md, "Running
+# the GPU tests and benchmarks"). Every stage has its own time limit and the
+# whole run a deadline, so a slow stage costs its own time and no more.
+#
+#   bench/gpu_session.sh checks [SECONDS]   GPU tests, kernel benchmarks, end-to-end figures,
+#                                           a training smoke run (default 330 s in all)
+#   bench/gpu_session.sh train SECONDS      fine-tune the shipped model's INS net on crops
+#                                           cut from the photos in $DATA/photos (default 300 s)
+#
+# Inputs: DATA (default .dev): DATA/photos (tools/fetch_corpus_photos.sh) and
+# DATA/eval (tools/make_eval_sets.sh). Outputs go to OUT (default
+# /tmp/gpu_out): logs, bench/results-style JSON lines, and for `train` the
+# exported INS nets. Uses the python3 of the machine (it has torch, triton,
+# cupy); the C++ coder is built in place.
+set -u
+phase=${1:?usage: $0 checks|train [SECONDS]}
+budget=${2:-330}
+OUT=${OUT:-/tmp/gpu_out}
+DATA=${DATA:-.dev}
+PY=${PY:-python3}
+DEVICE=${DEVICE:-cuda}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 OUT DATA PY DEVICE
+t0=$(date +%s)
+
+# stage NAME LIMIT CMD...: run CMD with LIMIT seconds, less if the deadline is nearer; log to OUT/NAME.log
+stage() {
+    local name=$1 limit=$2
+    shift 2
+    local left=$((budget - ($(date +%s) - t0)))
+    if ((left < 10)); then
+        echo "== $name: skipped (deadline)" | tee -a "$OUT/summary.log"
+        return 0
+    fi
+    ((limit > left)) && limit=$left
+    local s=$(date +%s)
+    timeout -k 5 "$limit" bash -c '"$@"' "$name" "$@" >"$OUT/$name.log" 2>&1
+    local rc=$?
+    echo "== $name: rc=$rc in $(($(date +%s) - s)) s (limit $limit)" | tee -a "$OUT/summary.log"
+    tail -n 25 "$OUT/$name.log"
+    return 0
+}
+
+build_coder() {
+    stage build 90 $PY setup.py -q build_ext --inplace
+}
+
+# Training data cut on the machine from the photos: factor-2 crops of 64, 128
+# and 256 pixels and box-downsampled 32x32/64x64 patches of the training photos
+# (the evaluation photos held out, as in docs/corpus.md), linked into one folder.
+make_corpus() {
+    local H="Blinds FreshFlower EveningGlow ColdRipple" c=$1
+    mkdir -p "$c/mix"
+    local b="$PY -m aribbps.data build-corpus $DATA/photos --holdout $H --splits train -q"
+    $b --crops 64 --per-photo 400 --seed 5 --out "$c/c64" &
+    $b --crops 128 --per-photo 100 --seed 21 --out "$c/c128" &
+    $b --crops 256 --per-photo 40 --seed 22 --out "$c/c256" &
+    $b --size 32 --per-photo 600 --seed 31 --out "$c/p32" &
+    $b --size 64 --per-photo 300 --seed 32 --out "$c/p64" &
+    wait
+    $PY - "$c" c64 c128 c256 p32 p64 <<'EOF'
+import sys
+from pathlib import Path
+root = Path(sys.argv[1]).resolve()
+for part in sys.argv[2:]:
+    files = sorted((root / part / "train").glob("*.png"))
+    for f in files:
+        (root / "mix" / f"{part}_{f.name}").symlink_to(f)
+    print(f"{part}: {len(files)} images")
+EOF
+}
+
+train_ins() {  # SAVE_DIR ITERS [extra options]
+    local save=$1 iters=$2
+    shift 2
+    $PY -m aribbps.train --mode ins --config medium-split3-s2 --init aribbps/pretrained/default.safetensors \
+        --dataset_type filedataset --data_dir /tmp/corpus/mix --batch-pixels "${BATCH_PIXELS:-131072}" --batch_size 16 \
+        --valid_num 300 --valid-select hash --hflip --lr 5e-5 --decay_rate 1.0 --ema 0.999 \
+        --workers 8 --device "$DEVICE" --num_iters "$iters" --seed 41 --save_dir "$save" "$@"
+}
+
+export -f make_corpus train_ins
+
+case $phase in
+checks)
+    { nvidia-smi; $PY -c "import torch, triton, cupy; print('torch', torch.__version__, 'triton', triton.__version__,
+'cupy', cupy.__version__, torch.cuda.get_device_name())"; } >"$OUT/env.log" 2>&1
+    tail -n 3 "$OUT/env.log"
+    build_coder
+    stage gpu_tests 150 $PY -m pytest -q -p no:cacheprovider -n 8 --timeout 120 tests/test_gpu.py \
+        tests/test_lattice_conv.py tests/test_entropy_tail.py tests/test_bitplanes_cupy.py
+    stage bench_lattice_conv 40 $PY bench/bench_lattice_conv.py --results "$OUT/kernels.jsonl"
+    stage bench_entropy_tail 50 $PY bench/bench_entropy_tail.py --results "$OUT/kernels.jsonl"
+    stage codec_default_dataset1000 60 $PY bench/gpu_profile.py --json "$OUT/profile_dataset1000.json" -- \
+        $PY -m aribbps eval "$DATA/eval/dataset1000" --mode dataset --device cuda -q
+    stage codec_default_crops256 40 $PY -m aribbps eval "$DATA/eval/crops256" --mode dataset --device cuda -q
+    stage bench_codec 60 $PY bench/bench_codec.py --configs cifar10 --sizes 32 --images 2048 --lanes 256 \
+        --mode dataset --device cuda --lane-groups 1 2 --out "$OUT/codec.jsonl"
+    stage corpus 60 make_corpus /tmp/corpus
+    stage train_smoke 50 train_ins /tmp/smoke 40 --log_interval 10 --valid_interval 40 --valid_num 32
+    stage pytest_bench 60 $PY -m pytest -q -p no:cacheprovider bench/bench_lattice_conv.py \
+        bench/bench_entropy_tail.py --benchmark-only --benchmark-json "$OUT/pytest_bench.json"
+    ;;
+train)
+    build_coder
+    stage corpus 60 make_corpus /tmp/corpus
+    left=$((budget - ($(date +%s) - t0) - 15))
+    stage train "$left" train_ins "$OUT/ins" 1000000 --log_interval 50 --valid_interval "${VALID_INTERVAL:-500}"
+    rm -f "$OUT/ins/checkpoint.pt"
+    ;;
+*)
+    echo "unknown phase $phase" >&2
+    exit 2
+    ;;
+esac
+echo "total $(($(date +%s) - t0)) s"
