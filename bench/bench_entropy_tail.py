@@ -197,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=BATCH)
     parser.add_argument("--repeats", type=int, default=50 if CUDA else 5)
+    parser.add_argument("--no-compile", action="store_true", help="leave out torch.compile (its compile is slow)")
     parser.add_argument("--results", type=Path, default=Path(__file__).parent / "results" / "kernels.jsonl")
     args = parser.parse_args(argv)
     groups: dict[str, tuple[dict[str, Callable | None], tuple]] = {
@@ -211,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     for group, (fns, inputs) in groups.items():
         rows = {}
         for name, fn in fns.items():
+            if name == "torch_compile" and args.no_compile:
+                continue
             if fn is None:
                 print(f"{group}/{name}: skipped ({NO_CUDA})")
                 continue

@@ -113,11 +113,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--out", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--no-compile", action="store_true", help="leave out torch.compile (its compile is slow)")
     parser.add_argument("--results", type=Path, default=Path(__file__).parent / "results" / "kernels.jsonl")
     args = parser.parse_args(argv)
     inputs = make_inputs(args.batch, args.size, args.out)
     rows = {}
     for name, fn in contenders().items():
+        if name == "torch_compile" and args.no_compile:
+            continue
         if fn is None or (name == "triton" and not (CUDA and HAS_TRITON)):
             print(f"{name:>14}: skipped ({NO_CUDA})")
             continue

@@ -1,21 +1,31 @@
 #!/usr/bin/env bash
 # One lease of a GPU machine, as one prepared script (docs/gpu.md, "Running
 # the GPU tests and benchmarks"). Every stage has its own time limit and the
-# whole run a deadline, so a slow stage costs its own time and no more.
+# whole run a deadline (BUDGET seconds), so a slow stage costs its own time
+# and no more; the training stage takes what is left.
 #
-#   bench/gpu_session.sh checks [SECONDS]   GPU tests, kernel benchmarks, end-to-end figures,
-#                                           a training smoke run (default 330 s in all)
-#   bench/gpu_session.sh train SECONDS      fine-tune the shipped model's INS net on crops
-#                                           cut from the photos in $DATA/photos (default 300 s)
+#   BUDGET=330 bench/gpu_session.sh STAGE...
+#
+# Stages, in the order given:
+#   build        the C++ coder, in place (always needed first on a bare machine)
+#   tests        the GPU tests and the Triton kernel tests, compiled (not interpreted)
+#   benches      bench_lattice_conv.py and bench_entropy_tail.py (script mode, without torch.compile)
+#   pytest-bench the same through pytest-benchmark, torch.compile included
+#   e2e          the shipped model on CUDA: eval --mode dataset of $DATA/eval/heldout64, then of
+#                $DATA/eval/dataset1000 under gpu_profile.py (images/s, GPU utilisation, memory)
+#   codec-bench  bench_codec.py, cifar10 config, 1 and 2 lane groups side by side
+#   corpus       training crops and patches cut from $DATA/photos (evaluation photos held out)
+#   smoke        40 iterations of the INS fine-tune (needs corpus)
+#   train        the INS fine-tune until the deadline (needs corpus); its best export is
+#                $OUT/ins/best_ins.safetensors
+#   py:FILE      run a Python file (a one-off diagnosis)
 #
 # Inputs: DATA (default .dev): DATA/photos (tools/fetch_corpus_photos.sh) and
 # DATA/eval (tools/make_eval_sets.sh). Outputs go to OUT (default
-# /tmp/gpu_out): logs, bench/results-style JSON lines, and for `train` the
-# exported INS nets. Uses the python3 of the machine (it has torch, triton,
-# cupy); the C++ coder is built in place.
+# /tmp/gpu_out): one log per stage, summary.log, and JSON lines of the
+# benchmarks. PY (default python3: the machine's, with torch, triton, cupy).
 set -u
-phase=${1:?usage: $0 checks|train [SECONDS]}
-budget=${2:-330}
+BUDGET=${BUDGET:-330}
 OUT=${OUT:-/tmp/gpu_out}
 DATA=${DATA:-.dev}
 PY=${PY:-python3}
@@ -28,7 +38,7 @@ t0=$(date +%s)
 stage() {
     local name=$1 limit=$2
     shift 2
-    local left=$((budget - ($(date +%s) - t0)))
+    local left=$((BUDGET - ($(date +%s) - t0)))
     if ((left < 10)); then
         echo "== $name: skipped (deadline)" | tee -a "$OUT/summary.log"
         return 0
@@ -38,12 +48,8 @@ stage() {
     timeout -k 5 "$limit" bash -c '"$@"' "$name" "$@" >"$OUT/$name.log" 2>&1
     local rc=$?
     echo "== $name: rc=$rc in $(($(date +%s) - s)) s (limit $limit)" | tee -a "$OUT/summary.log"
-    tail -n 25 "$OUT/$name.log"
+    grep -v "UserWarning\|check_worker_number\|^W[0-9]" "$OUT/$name.log" | tail -n 25
     return 0
-}
-
-build_coder() {
-    stage build 90 $PY setup.py -q build_ext --inplace
 }
 
 # Training data cut on the machine from the photos: factor-2 crops of 64, 128
@@ -75,43 +81,42 @@ train_ins() {  # SAVE_DIR ITERS [extra options]
     local save=$1 iters=$2
     shift 2
     $PY -m aribbps.train --mode ins --config medium-split3-s2 --init aribbps/pretrained/default.safetensors \
-        --dataset_type filedataset --data_dir /tmp/corpus/mix --batch-pixels "${BATCH_PIXELS:-131072}" --batch_size 16 \
-        --valid_num 300 --valid-select hash --hflip --lr 5e-5 --decay_rate 1.0 --ema 0.999 \
-        --workers 8 --device "$DEVICE" --num_iters "$iters" --seed 41 --save_dir "$save" "$@"
+        --dataset_type filedataset --data_dir /tmp/corpus/mix --batch-pixels "${BATCH_PIXELS:-131072}" \
+        --batch_size 16 --valid_num 300 --valid-select hash --hflip --lr "${LR:-5e-5}" --decay_rate 1.0 \
+        --ema "${EMA:-0.999}" --workers 8 --device "$DEVICE" --num_iters "$iters" --seed 41 --save_dir "$save" "$@"
 }
 
-export -f make_corpus train_ins
+e2e() {  # heldout64 first: it also fills Triton's kernel cache, so the profiled run is warm
+    $PY -m aribbps eval "$DATA/eval/heldout64" --mode dataset --device "$DEVICE" --json &&
+    $PY bench/gpu_profile.py --json "$OUT/profile_dataset1000.json" -- \
+        $PY -m aribbps eval "$DATA/eval/dataset1000" --mode dataset --device "$DEVICE" --json
+}
+export -f make_corpus train_ins e2e
 
-case $phase in
-checks)
-    { nvidia-smi; $PY -c "import torch, triton, cupy; print('torch', torch.__version__, 'triton', triton.__version__,
+{ nvidia-smi; $PY -c "import torch, triton, cupy; print('torch', torch.__version__, 'triton', triton.__version__,
 'cupy', cupy.__version__, torch.cuda.get_device_name())"; } >"$OUT/env.log" 2>&1
-    tail -n 3 "$OUT/env.log"
-    build_coder
-    stage gpu_tests 150 $PY -m pytest -q -p no:cacheprovider -n 8 --timeout 120 tests/test_gpu.py \
-        tests/test_lattice_conv.py tests/test_entropy_tail.py tests/test_bitplanes_cupy.py
-    stage bench_lattice_conv 40 $PY bench/bench_lattice_conv.py --results "$OUT/kernels.jsonl"
-    stage bench_entropy_tail 50 $PY bench/bench_entropy_tail.py --results "$OUT/kernels.jsonl"
-    stage codec_default_dataset1000 60 $PY bench/gpu_profile.py --json "$OUT/profile_dataset1000.json" -- \
-        $PY -m aribbps eval "$DATA/eval/dataset1000" --mode dataset --device cuda -q
-    stage codec_default_crops256 40 $PY -m aribbps eval "$DATA/eval/crops256" --mode dataset --device cuda -q
-    stage bench_codec 60 $PY bench/bench_codec.py --configs cifar10 --sizes 32 --images 2048 --lanes 256 \
-        --mode dataset --device cuda --lane-groups 1 2 --out "$OUT/codec.jsonl"
-    stage corpus 60 make_corpus /tmp/corpus
-    stage train_smoke 50 train_ins /tmp/smoke 40 --log_interval 10 --valid_interval 40 --valid_num 32
-    stage pytest_bench 60 $PY -m pytest -q -p no:cacheprovider bench/bench_lattice_conv.py \
-        bench/bench_entropy_tail.py --benchmark-only --benchmark-json "$OUT/pytest_bench.json"
-    ;;
-train)
-    build_coder
-    stage corpus 60 make_corpus /tmp/corpus
-    left=$((budget - ($(date +%s) - t0) - 15))
-    stage train "$left" train_ins "$OUT/ins" 1000000 --log_interval 50 --valid_interval "${VALID_INTERVAL:-500}"
-    rm -f "$OUT/ins/checkpoint.pt"
-    ;;
-*)
-    echo "unknown phase $phase" >&2
-    exit 2
-    ;;
-esac
+tail -n 1 "$OUT/env.log"
+for name in "$@"; do
+    case $name in
+    build) stage build 90 $PY setup.py -q build_ext --inplace ;;
+    tests) stage tests 150 $PY -m pytest -q -p no:cacheprovider -n 8 --timeout 120 tests/test_gpu.py \
+        tests/test_lattice_conv.py tests/test_entropy_tail.py tests/test_bitplanes_cupy.py ;;
+    benches)
+        stage bench_lattice_conv 45 $PY bench/bench_lattice_conv.py --no-compile --results "$OUT/kernels.jsonl"
+        stage bench_entropy_tail 45 $PY bench/bench_entropy_tail.py --no-compile --results "$OUT/kernels.jsonl" ;;
+    pytest-bench) stage pytest_bench 90 $PY -m pytest -q -p no:cacheprovider bench/bench_lattice_conv.py \
+        bench/bench_entropy_tail.py --benchmark-only --benchmark-json "$OUT/pytest_bench.json" ;;
+    e2e) stage e2e 120 e2e ;;
+    codec-bench) stage codec_bench 60 $PY bench/bench_codec.py --configs cifar10 --sizes 32 --images 2048 \
+        --lanes 256 --mode dataset --device "$DEVICE" --lane-groups 1 2 --out "$OUT/codec.jsonl" ;;
+    corpus) stage corpus 60 make_corpus /tmp/corpus ;;
+    smoke) stage smoke 60 train_ins /tmp/smoke 40 --log_interval 10 --valid_interval 40 --valid_num 32 ;;
+    train)
+        stage train $((BUDGET - ($(date +%s) - t0) - 10)) train_ins "$OUT/ins" 1000000 --log_interval 50 \
+            --valid_interval "${VALID_INTERVAL:-500}"
+        rm -f "$OUT/ins/checkpoint.pt" ;;
+    py:*) stage "$(basename "${name#py:}" .py)" 90 $PY "${name#py:}" ;;
+    *) echo "unknown stage $name" >&2; exit 2 ;;
+    esac
+done
 echo "total $(($(date +%s) - t0)) s"
