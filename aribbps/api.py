@@ -39,19 +39,24 @@ from aribbps.tiling import Tile, assemble, cut_tiles, tile_grid
 from aribbps.zoo import LoadedModel, load, resolve_device
 from kernels import dispatch
 
-#: Lanes chosen when none are asked for (``lanes=None``): on CPU at most
-#: AUTO_LANES, and only as many as keep one round's padded pixels within
-#: CPU_ROUND_PIXELS, since larger batches overflow the CPU caches (2-core CPU,
-#: dataset mode: 256x256 crops took 2.3 s per image on 16 lanes, 1.5 s on 4
-#: and 1.2 s on 1; 64x64 patches 0.070 s on 16 lanes and 0.085 s on 64; and
-#: fewer lanes also start fewer chains). On CUDA, CUDA_AUTO_LANES (the
-#: earlier fixed default; larger batches are not measured on a GPU yet).
-#: Automatic lanes also leave at least MIN_ITEMS_PER_LANE items per lane
-#: where there are that many: every lane's first item pays for its latents
-#: with its own bits (or padding), the later ones with the bits before them.
+#: Lanes chosen when none are asked for (``lanes=None``): at most AUTO_LANES
+#: (CPU) or CUDA_AUTO_LANES, and only as many as keep one round's padded
+#: pixels within CPU_ROUND_PIXELS or CUDA_ROUND_PIXELS. On the CPU larger
+#: batches overflow the caches (2-core CPU, dataset mode: 256x256 crops took
+#: 2.3 s per image on 16 lanes, 1.5 s on 4 and 1.2 s on 1; 64x64 patches
+#: 0.070 s on 16 lanes and 0.085 s on 64; and fewer lanes also start fewer
+#: chains). On a GPU a round costs about the same for few lanes as for many
+#: (its kernels are small), so the lanes go up to what memory allows: with 8
+#: lanes an H200 decoded the 200 held-out 64x64 patches at 25 images/s, no
+#: faster than the 2-core CPU (2026-12-04; larger counts are not measured on
+#: a GPU yet). Automatic lanes also leave at least MIN_ITEMS_PER_LANE items
+#: per lane where there are that many: every lane's first item pays for its
+#: latents with its own bits (or padding), the later ones with the bits
+#: before them.
 AUTO_LANES = 16
 CPU_ROUND_PIXELS = 1 << 16
-CUDA_AUTO_LANES = 8
+CUDA_AUTO_LANES = 256
+CUDA_ROUND_PIXELS = 1 << 20
 MIN_ITEMS_PER_LANE = 8
 #: Tile side when none is asked for. The shipped model codes the held-out
 #: 256x256 crops smallest in 128x128 tiles chained on one lane: 0.3%
@@ -194,8 +199,9 @@ def encode_images(images: Sequence[LoadedImage], model: LoadedModel, lanes: int 
     # A lane without items would still cost its table entry and coder flush (~30 bytes).
     lanes = min(lanes, len(items))
     mode = mode or default_mode(model, len(items))
-    streams, stats, kernel_path, n_groups = _encode_items(items, model, mode, lanes, threads, progress, lane_groups,
-                                                          temperatures)
+    with dispatch.coding_numerics(model.device):
+        streams, stats, kernel_path, n_groups = _encode_items(items, model, mode, lanes, threads, progress,
+                                                              lane_groups, temperatures)
     archive = Archive(model.name, model.weights_hash, mode, lanes, tile, model.device.type, kernel_path,
                       records, streams, name_from_file=name_from_file, prob_code=WRITTEN_PROB_CODE,
                       temperatures=temperatures)
@@ -219,10 +225,10 @@ def encode_images(images: Sequence[LoadedImage], model: LoadedModel, lanes: int 
 def default_lanes(shapes: Sequence[tuple[int, int, int]], model: LoadedModel) -> int:
     """The lane count for items of these (C, h, w) shapes when none is asked for (see :data:`AUTO_LANES`)."""
     by_items = max(1, len(shapes) // MIN_ITEMS_PER_LANE)
-    if model.device.type != "cpu":
-        return min(CUDA_AUTO_LANES, by_items)
     m = max(2, model.cfg.pad_multiple)
     largest = max(-(-h // m) * m * (-(-w // m) * m) for _, h, w in shapes)
+    if model.device.type != "cpu":
+        return max(1, min(CUDA_AUTO_LANES, CUDA_ROUND_PIXELS // largest, by_items))
     return max(1, min(AUTO_LANES, CPU_ROUND_PIXELS // largest, by_items))
 
 
@@ -388,7 +394,7 @@ def decode_archive_images(archive: Archive, model: LoadedModel, threads: int = 0
     except dispatch.KernelPathError as exc:
         raise ArchiveError(str(exc)) from None
     cpu_isa.check(archive.extra, archive.device_kind, pinned_file=archive.temperatures)
-    with cpu_threads.matching(archive.extra, archive.device_kind):
+    with cpu_threads.matching(archive.extra, archive.device_kind), dispatch.coding_numerics(model.device):
         items = _decode_items(archive, model, refs, threads, path, progress)
     return _assemble(archive, refs, items)
 

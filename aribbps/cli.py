@@ -47,8 +47,9 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
 def _add_layout_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lanes", type=int, default=None, metavar="L",
                    help=f"independent coder stacks coded in parallel; the network runs on L images at once "
-                        f"(default: on CPU up to {api.AUTO_LANES}, fewer for large images so that L images hold "
-                        f"at most {api.CPU_ROUND_PIXELS} pixels; {api.CUDA_AUTO_LANES} on CUDA)")
+                        f"(default: up to {api.AUTO_LANES} on CPU, {api.CUDA_AUTO_LANES} on CUDA, fewer for large "
+                        f"images so that L images hold at most {api.CPU_ROUND_PIXELS} pixels on CPU, "
+                        f"{api.CUDA_ROUND_PIXELS} on CUDA, and at least {api.MIN_ITEMS_PER_LANE} items per lane)")
     p.add_argument("--tile", type=int, default=api.DEFAULT_TILE, metavar="PX",
                    help=f"cut images into tiles of PX x PX pixels, coded independently, so memory stays bounded "
                         f"(0 = never tile; default {api.DEFAULT_TILE})")

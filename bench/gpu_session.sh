@@ -17,38 +17,46 @@
 #   corpus       training crops and patches cut from $DATA/photos (evaluation photos held out)
 #   smoke        40 iterations of the INS fine-tune (needs corpus)
 #   train        the INS fine-tune until the deadline (needs corpus); its best export is
-#                $OUT/ins/best_ins.safetensors
+#                $OUT/best_ins.safetensors
 #   py:FILE      run a Python file (a one-off diagnosis)
 #
 # Inputs: DATA (default .dev): DATA/photos (tools/fetch_corpus_photos.sh) and
 # DATA/eval (tools/make_eval_sets.sh). Outputs go to OUT (default
-# /tmp/gpu_out): one log per stage, summary.log, and JSON lines of the
-# benchmarks. PY (default python3: the machine's, with torch, triton, cupy).
+# /tmp/gpu_out), at most 8 files, since the device tool brings back no more:
+# session.log (every stage's log, in order), kernels.jsonl, codec.jsonl,
+# profile_dataset1000.json, pytest_bench.json, and from `train`
+# best_ins.safetensors and train.log (the run itself lives in /tmp/gpu_train).
+# PY (default python3: the machine's, with torch, triton, cupy).
 set -u
 BUDGET=${BUDGET:-330}
 OUT=${OUT:-/tmp/gpu_out}
 DATA=${DATA:-.dev}
 PY=${PY:-python3}
 DEVICE=${DEVICE:-cuda}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 OUT DATA PY DEVICE
+LOGS=/tmp/gpu_logs
+mkdir -p "$OUT" "$LOGS"
+export PYTHONUNBUFFERED=1 OUT DATA PY DEVICE PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 t0=$(date +%s)
 
-# stage NAME LIMIT CMD...: run CMD with LIMIT seconds, less if the deadline is nearer; log to OUT/NAME.log
+# stage NAME LIMIT CMD...: run CMD with LIMIT seconds, less if the deadline is nearer; its log goes to
+# LOGS/NAME.log and is appended to OUT/session.log
 stage() {
     local name=$1 limit=$2
     shift 2
     local left=$((BUDGET - ($(date +%s) - t0)))
     if ((left < 10)); then
-        echo "== $name: skipped (deadline)" | tee -a "$OUT/summary.log"
+        echo "== $name: skipped (deadline)" | tee -a "$OUT/session.log"
         return 0
     fi
     ((limit > left)) && limit=$left
     local s=$(date +%s)
-    timeout -k 5 "$limit" bash -c '"$@"' "$name" "$@" >"$OUT/$name.log" 2>&1
+    local log="$LOGS/$name.log"
+    timeout -k 5 "$limit" bash -c '"$@"' "$name" "$@" >"$log" 2>&1
     local rc=$?
-    echo "== $name: rc=$rc in $(($(date +%s) - s)) s (limit $limit)" | tee -a "$OUT/summary.log"
-    grep -v "UserWarning\|check_worker_number\|^W[0-9]" "$OUT/$name.log" | tail -n 25
+    local line="== $name: rc=$rc in $(($(date +%s) - s)) s (limit $limit)"
+    { echo "$line"; grep -v "UserWarning\|check_worker_number" "$log"; } >>"$OUT/session.log"
+    echo "$line"
+    grep -v "UserWarning\|check_worker_number\|^W[0-9]" "$log" | tail -n 25
     return 0
 }
 
@@ -94,8 +102,9 @@ e2e() {  # heldout64 first: it also fills Triton's kernel cache, so the profiled
 export -f make_corpus train_ins e2e
 
 { nvidia-smi; $PY -c "import torch, triton, cupy; print('torch', torch.__version__, 'triton', triton.__version__,
-'cupy', cupy.__version__, torch.cuda.get_device_name())"; } >"$OUT/env.log" 2>&1
-tail -n 1 "$OUT/env.log"
+'cupy', cupy.__version__, torch.cuda.get_device_name())"; } >"$LOGS/env.log" 2>&1
+cat "$LOGS/env.log" >>"$OUT/session.log"
+tail -n 1 "$LOGS/env.log"
 for name in "$@"; do
     case $name in
     build) stage build 90 $PY setup.py -q build_ext --inplace ;;
@@ -112,9 +121,9 @@ for name in "$@"; do
     corpus) stage corpus 60 make_corpus /tmp/corpus ;;
     smoke) stage smoke 60 train_ins /tmp/smoke 40 --log_interval 10 --valid_interval 40 --valid_num 32 ;;
     train)
-        stage train $((BUDGET - ($(date +%s) - t0) - 10)) train_ins "$OUT/ins" 1000000 --log_interval 50 \
+        stage train $((BUDGET - ($(date +%s) - t0) - 10)) train_ins /tmp/gpu_train 1000000 --log_interval 50 \
             --valid_interval "${VALID_INTERVAL:-500}"
-        rm -f "$OUT/ins/checkpoint.pt" ;;
+        cp /tmp/gpu_train/best_ins.safetensors /tmp/gpu_train/train.log "$OUT"/ ;;
     py:*) stage "$(basename "${name#py:}" .py)" 90 $PY "${name#py:}" ;;
     *) echo "unknown stage $name" >&2; exit 2 ;;
     esac

@@ -41,6 +41,8 @@ this package imports nothing from :mod:`aribbps`.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -51,9 +53,30 @@ from kernels.bitplanes_cupy import quantise_latent_offsets, scatter_step_bits, s
 from kernels.entropy_tail import eca_gate, entropy_proj, entropy_tail, quantise_probs7_ref
 from kernels.lattice_conv import STEP_POSITIONS, lattice_conv
 
-__all__ = ["ENV_VAR", "KERNEL_PATHS", "KernelPathError", "check_kernel_path", "kernel_path",
+__all__ = ["ENV_VAR", "KERNEL_PATHS", "KernelPathError", "check_kernel_path", "coding_numerics", "kernel_path",
            "quantise_latent_offsets", "quantise_probs7", "scatter_step_bits", "step_bits", "step_logits",
            "step_probs7", "to_host"]
+
+@contextmanager
+def coding_numerics(device: torch.device | str) -> Iterator[None]:
+    """On CUDA, pins how torch computes the parts of a step that stay in torch, while coding.
+
+    cuDNN deterministic, without its autotuner, and no TF32 in convolutions
+    or matrix products (docs/gpu.md, determinism rule 5): the encoder and the
+    decoder then compute alike whatever the calling program has set. The
+    previous settings come back on exit. Elsewhere it does nothing.
+    """
+    if torch.device(device).type != "cuda":
+        yield
+        return
+    matmul_tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True, allow_tf32=False):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul_tf32
+
 
 #: The values :func:`kernel_path` returns (the container stores one of them).
 KERNEL_PATHS: tuple[str, ...] = ("torch", "triton")

@@ -206,7 +206,9 @@ def test_automatic_lanes_keep_a_cpu_round_within_its_pixel_budget(tmp_path: Path
     # At least MIN_ITEMS_PER_LANE items per lane, so that most items' latents ride on a chain.
     assert [api.default_lanes([(3, 32, 32)] * n, cpu) for n in (1, 15, 16, 40, 200)] == [1, 1, 2, 5, 16]
     cuda = SimpleNamespace(device=torch.device("cuda"), cfg=cpu.cfg)
-    assert api.default_lanes([(3, 256, 256)] * many, cuda) == api.CUDA_AUTO_LANES
+    assert api.default_lanes([(3, 32, 32)] * 10 * api.CUDA_AUTO_LANES, cuda) == api.CUDA_AUTO_LANES == 256
+    assert api.default_lanes([(3, 32, 32)] * many, cuda) == many // api.MIN_ITEMS_PER_LANE
+    assert api.default_lanes([(3, 256, 256)] * many, cuda) == api.CUDA_ROUND_PIXELS // (256 * 256) == 16
     assert api.default_lanes([(3, 256, 256)] * 20, cuda) == 2
     model = zoo.load(model_file)
     files = [_save(tmp_path / f"{i}.png", _rng(i).integers(0, 256, (8, 8, 3), dtype=np.uint8)) for i in range(20)]

@@ -407,6 +407,24 @@ def test_kernel_path_policy(monkeypatch):
         assert dispatch.kernel_path("cpu") == "triton"
 
 
+def test_coding_numerics_pins_cuda_settings_and_restores_them():
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    before = (cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32, matmul.allow_tf32)
+    try:
+        cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32, matmul.allow_tf32 = True, False, True, True
+        with dispatch.coding_numerics("cpu"):  # nothing to pin off CUDA
+            assert (cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32) == (True, True, True)
+        with dispatch.coding_numerics(torch.device("cuda", 0)):
+            assert (cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32, matmul.allow_tf32) == (
+                False, True, False, False)
+        assert (cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32, matmul.allow_tf32) == (True, False, True, True)
+        with pytest.raises(KeyError), dispatch.coding_numerics("cuda"):
+            raise KeyError("restored on errors too")
+        assert (cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32) == (True, True, True)
+    finally:
+        cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32, matmul.allow_tf32 = before
+
+
 def test_decoding_refuses_a_path_mismatch(monkeypatch):
     monkeypatch.delenv(dispatch.ENV_VAR, raising=False)
     assert dispatch.check_kernel_path("torch", "cpu") == "torch"

@@ -164,18 +164,24 @@ def _tail_inputs(seed: int, batch: int = 4, channels: int = 96, size: int = 16):
 @triton_gpu
 @pytest.mark.parametrize("s", [1, 2, 3, 4])
 def test_lattice_conv_on_cuda(s):
-    from kernels.lattice_conv import lattice_conv, lattice_conv_ref
+    from kernels.lattice_conv import lattice_conv, lattice_conv_kernel_order, lattice_conv_ref
 
-    g = torch.Generator().manual_seed(s)
-    bits = torch.randint(0, 2, (4, 3, 34, 30), generator=g, dtype=torch.uint8).cuda()
-    valid = (torch.rand((4, 1, 34, 30), generator=g) > 0.1).cuda()
-    weight, bias = torch.randn((128, 3, 3, 3), generator=g).cuda(), torch.randn((128,), generator=g).cuda()
-    out = lattice_conv(bits, weight, bias, s, valid)
-    ref32 = lattice_conv_ref(bits, weight, bias, s, valid)
-    ref64 = lattice_conv_ref(bits, weight.double(), bias.double(), s, valid)
-    assert (out.double() - ref64).abs().max() <= 2 * (ref32.double() - ref64).abs().max() + 1e-6
-    assert torch.equal(out, lattice_conv(bits, weight, bias, s, valid))  # run to run
-    assert torch.equal(out[1:3], lattice_conv(bits[1:3], weight, bias, s, valid[1:3]))  # batch invariant
+    with torch.backends.cudnn.flags(allow_tf32=False):  # the float32 reference in float32
+        for seed, shape in enumerate(((4, 3, 34, 30), (2, 3, 64, 64), (3, 1, 6, 10))):
+            g = torch.Generator().manual_seed(10 * s + seed)
+            bits = torch.randint(0, 2, shape, generator=g, dtype=torch.uint8).cuda()
+            valid = (torch.rand((shape[0], 1, *shape[2:]), generator=g) > 0.1).cuda()
+            weight = torch.randn((128, shape[1], 3, 3), generator=g).cuda()
+            bias = torch.randn((128,), generator=g).cuda()
+            for v in (valid, None):
+                out = lattice_conv(bits, weight, bias, s, v)
+                ref32 = lattice_conv_ref(bits, weight, bias, s, v)
+                ref64 = lattice_conv_ref(bits, weight.double(), bias.double(), s, v)
+                assert (out.double() - ref64).abs().max() <= 2 * (ref32.double() - ref64).abs().max() + 1e-6
+                assert torch.equal(out, lattice_conv(bits, weight, bias, s, v))  # run to run
+                assert torch.equal(out.cpu(), lattice_conv_kernel_order(bits.cpu(), weight.cpu(), bias.cpu(), s,
+                                                                        None if v is None else v.cpu()))
+            assert torch.equal(out[1:3], lattice_conv(bits[1:3], weight, bias, s, None))  # batch invariant
 
 
 @triton_gpu

@@ -20,7 +20,8 @@ import torch
 from aribbps.bitplanes import space_prior, space_prior_quarter, steps_before_mask
 from aribbps.models.space_context import masked_conv_ref, masked_lattice_conv
 from kernels import HAS_TRITON, calculate_settings, interpreter_mode, next_power_of_2
-from kernels.lattice_conv import MAX_OUT_CHANNELS, known_tap_mask, lattice_conv, lattice_conv_ref
+from kernels.lattice_conv import (MAX_OUT_CHANNELS, known_tap_mask, lattice_conv, lattice_conv_kernel_order,
+                                  lattice_conv_ref)
 
 needs_triton = pytest.mark.skipif(
     not (HAS_TRITON and interpreter_mode()),
@@ -75,6 +76,21 @@ def test_reference_equals_the_model_code(s, with_valid):
     torch.testing.assert_close(ref, quarter, rtol=1e-6, atol=1e-5)
 
 
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("s", [1, 2, 3, 4])
+@pytest.mark.parametrize("with_valid", [True, False])
+def test_kernel_order_mirror_matches_the_reference(shape, s, with_valid):
+    """The torch mirror of the kernel (used for the CUDA_KERNEL_ORDER_STEPS) computes the same function."""
+    bits, weight, bias, valid = _inputs(shape, seed=3 * s, with_valid=with_valid)
+    out = lattice_conv_kernel_order(bits, weight, bias, s, valid)
+    assert out.shape == (shape[0], shape[4], shape[2] // 2, shape[3] // 2) and out.dtype == torch.float32
+    _assert_within_baseline(out, lattice_conv_ref(bits, weight, bias, s, valid),
+                            lattice_conv_ref(bits, weight.double(), bias.double(), s, valid))
+    known = steps_before_mask(s, *bits.shape[-2:])[None, None]
+    noise = torch.randint(0, 2, bits.shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(lattice_conv_kernel_order(torch.where(known, bits, noise), weight, bias, s, valid), out)
+
+
 def test_calculate_settings():
     assert next_power_of_2(1) == 1 and next_power_of_2(17) == 32 and next_power_of_2(64) == 64
     assert calculate_settings(5) == (16, 4)
@@ -123,6 +139,16 @@ def test_kernel_matches_reference(shape, s):
     _assert_within_baseline(out, ref32, ref64)
     quarter = masked_lattice_conv(space_prior_quarter(bits, s, valid), weight, bias, s)
     torch.testing.assert_close(out, quarter, rtol=1e-6, atol=1e-5)
+
+
+@needs_triton
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("s", [1, 2, 3, 4])
+def test_kernel_equals_its_torch_mirror_bitwise(shape, s):
+    for with_valid, with_bias in ((True, True), (False, False)):
+        bits, weight, bias, valid = _inputs(shape, seed=5 * s, with_valid=with_valid, with_bias=with_bias)
+        assert torch.equal(lattice_conv(bits, weight, bias, s, valid),
+                           lattice_conv_kernel_order(bits, weight, bias, s, valid))
 
 
 @needs_triton
