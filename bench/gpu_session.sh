@@ -9,6 +9,7 @@
 # Stages, in the order given:
 #   build        the C++ coder, in place (always needed first on a bare machine)
 #   tests        the GPU tests and the Triton kernel tests, compiled (not interpreted)
+#   diag         bench/diag_lattice_conv.py: the compiled lattice conv at every step, mirror bypassed
 #   benches      bench_lattice_conv.py and bench_entropy_tail.py (script mode, without torch.compile)
 #   pytest-bench the same through pytest-benchmark, torch.compile included
 #   e2e          the shipped model on CUDA: eval --mode dataset of $DATA/eval/heldout64, then of
@@ -110,6 +111,7 @@ for name in "$@"; do
     build) stage build 90 $PY setup.py -q build_ext --inplace ;;
     tests) stage tests 150 $PY -m pytest -q -p no:cacheprovider -n 8 --timeout 120 tests/test_gpu.py \
         tests/test_lattice_conv.py tests/test_entropy_tail.py tests/test_bitplanes_cupy.py ;;
+    diag) stage diag 60 $PY bench/diag_lattice_conv.py ;;
     benches)
         stage bench_lattice_conv 45 $PY bench/bench_lattice_conv.py --no-compile --results "$OUT/kernels.jsonl"
         stage bench_entropy_tail 45 $PY bench/bench_entropy_tail.py --no-compile --results "$OUT/kernels.jsonl" ;;

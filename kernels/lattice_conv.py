@@ -40,7 +40,7 @@ from kernels import HAS_TRITON, calculate_settings, require_triton
 from kernels.launch_lock import LAUNCH_LOCK
 
 __all__ = ["CUDA_KERNEL_ORDER_STEPS", "STEP_POSITIONS", "known_tap_mask", "lattice_conv", "lattice_conv_kernel_order",
-           "lattice_conv_ref"]
+           "lattice_conv_ref", "launch_kernel"]
 
 #: (row parity, col parity) of lattice steps 1..4 (DESIGN 1.2).
 STEP_POSITIONS: tuple[tuple[int, int], ...] = ((0, 0), (1, 1), (0, 1), (1, 0))
@@ -236,12 +236,20 @@ def lattice_conv(bits: Tensor, weight: Tensor, bias: Tensor | None, s: int,
         ValueError: bad shapes/dtypes, or O above 1024.
         RuntimeError: Triton cannot run here (no CUDA and no TRITON_INTERPRET=1).
     """
+    if bits.is_cuda and s in CUDA_KERNEL_ORDER_STEPS:
+        return lattice_conv_kernel_order(bits, weight.detach(), None if bias is None else bias.detach(), s, valid)
+    return launch_kernel(bits, weight, bias, s, valid)
+
+
+def launch_kernel(bits: Tensor, weight: Tensor, bias: Tensor | None, s: int, valid: Tensor | None = None) -> Tensor:
+    """The compiled (or interpreted) kernel at every step, without :data:`CUDA_KERNEL_ORDER_STEPS`.
+
+    For tests and ``bench/diag_lattice_conv.py``; the codec calls :func:`lattice_conv`.
+    """
     pr, pc = _check_step(s)
     _check_inputs(bits, weight, bias, valid)
     if weight.dtype != torch.float32:
         raise ValueError(f"lattice_conv computes in float32; got weight dtype {weight.dtype}")
-    if bits.is_cuda and s in CUDA_KERNEL_ORDER_STEPS:
-        return lattice_conv_kernel_order(bits, weight.detach(), None if bias is None else bias.detach(), s, valid)
     require_triton(bits, weight, bias, valid)
     batch, channels, height, width = bits.shape
     n_out = weight.shape[0]
