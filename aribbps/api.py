@@ -47,9 +47,9 @@ from kernels import dispatch
 #: 0.070 s on 16 lanes and 0.085 s on 64; and fewer lanes also start fewer
 #: chains). On a GPU a round costs about the same for few lanes as for many
 #: (its kernels are small), so the lanes go up to what memory allows: with 8
-#: lanes an H200 decoded the 200 held-out 64x64 patches at 25 images/s, no
-#: faster than the 2-core CPU (2026-12-04; larger counts are not measured on
-#: a GPU yet). Automatic lanes also leave at least MIN_ITEMS_PER_LANE items
+#: lanes an H200 decoded the 200 held-out 64x64 patches at 25 images/s,
+#: only 3 times the 2-core CPU (2026-12-04; larger counts are not measured
+#: on a GPU yet). Automatic lanes also leave at least MIN_ITEMS_PER_LANE items
 #: per lane where there are that many: every lane's first item pays for its
 #: latents with its own bits (or padding), the later ones with the bits
 #: before them.
