@@ -20,8 +20,9 @@ lanes of 64x64 images (quarter grid 32x32). Groups:
     Triton path vs the torch path (``net.step_logits`` + quantisation).
 
 On CPU only the torch references of the first two groups run (batch 2; the
-others skip with the reason). GPU figures: docs/gpu.md (H200, 2026-12-04:
-kernel A 0.51x torch, kernel B 2.14x, the whole step 0.90x). Every
+others skip with the reason). GPU figures: docs/gpu.md (H200, 2026-12-04,
+torch with TF32: kernel A 0.51x torch, kernel B 2.14x, the whole step
+0.90x; the script now runs under the codec's numerics, TF32 off). Every
 contender's output is checked against the reference before it is timed.
 """
 from __future__ import annotations
