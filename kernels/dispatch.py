@@ -41,7 +41,8 @@ this package imports nothing from :mod:`aribbps`.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -57,6 +58,40 @@ __all__ = ["ENV_VAR", "KERNEL_PATHS", "KernelPathError", "check_kernel_path", "c
            "quantise_latent_offsets", "quantise_probs7", "scatter_step_bits", "step_bits", "step_logits",
            "step_probs7", "to_host"]
 
+_NUMERICS_LOCK = threading.Lock()
+_numerics_users = 0
+_numerics_saved: Callable[[], None] | None = None
+
+
+def _pin_cuda_numerics() -> Callable[[], None]:
+    """Sets the pinned numerics; returns what puts the previous settings back.
+
+    Torch 2.9 and newer set TF32 through ``fp32_precision`` and refuse a mix
+    with the older ``allow_tf32`` flags, so each torch gets its own API.
+    """
+    cudnn = torch.backends.cudnn
+    benchmark, deterministic = cudnn.benchmark, cudnn.deterministic
+    if hasattr(torch.backends.cuda.matmul, "fp32_precision"):
+        matmul, conv = torch.backends.cuda.matmul.fp32_precision, cudnn.conv.fp32_precision
+        torch.backends.cuda.matmul.fp32_precision = cudnn.conv.fp32_precision = "ieee"
+
+        def restore_precision() -> None:
+            torch.backends.cuda.matmul.fp32_precision, cudnn.conv.fp32_precision = matmul, conv
+    else:
+        matmul, conv = torch.backends.cuda.matmul.allow_tf32, cudnn.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = cudnn.allow_tf32 = False
+
+        def restore_precision() -> None:
+            torch.backends.cuda.matmul.allow_tf32, cudnn.allow_tf32 = matmul, conv
+    cudnn.benchmark, cudnn.deterministic = False, True
+
+    def restore() -> None:
+        restore_precision()
+        cudnn.benchmark, cudnn.deterministic = benchmark, deterministic
+
+    return restore
+
+
 @contextmanager
 def coding_numerics(device: torch.device | str) -> Iterator[None]:
     """On CUDA, pins how torch computes the parts of a step that stay in torch, while coding.
@@ -64,18 +99,26 @@ def coding_numerics(device: torch.device | str) -> Iterator[None]:
     cuDNN deterministic, without its autotuner, and no TF32 in convolutions
     or matrix products (docs/gpu.md, determinism rule 5): the encoder and the
     decoder then compute alike whatever the calling program has set. The
-    previous settings come back on exit. Elsewhere it does nothing.
+    settings are process-wide, so overlapping uses (codings in several
+    threads) share one pinning: the first sets it, the last puts the
+    previous settings back. Elsewhere it does nothing.
     """
+    global _numerics_users, _numerics_saved
     if torch.device(device).type != "cuda":
         yield
         return
-    matmul_tf32 = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
+    with _NUMERICS_LOCK:
+        if _numerics_users == 0:
+            _numerics_saved = _pin_cuda_numerics()
+        _numerics_users += 1
     try:
-        with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True, allow_tf32=False):
-            yield
+        yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32 = matmul_tf32
+        with _NUMERICS_LOCK:
+            _numerics_users -= 1
+            if _numerics_users == 0 and _numerics_saved is not None:
+                _numerics_saved()
+                _numerics_saved = None
 
 
 #: The values :func:`kernel_path` returns (the container stores one of them).

@@ -18,6 +18,7 @@ Tolerances (documented in kernels/entropy_tail.py):
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -407,22 +408,67 @@ def test_kernel_path_policy(monkeypatch):
         assert dispatch.kernel_path("cpu") == "triton"
 
 
-def test_coding_numerics_pins_cuda_settings_and_restores_them():
-    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
-    before = (cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32, matmul.allow_tf32)
-    try:
-        cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32, matmul.allow_tf32 = True, False, True, True
-        with dispatch.coding_numerics("cpu"):  # nothing to pin off CUDA
-            assert (cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32) == (True, True, True)
-        with dispatch.coding_numerics(torch.device("cuda", 0)):
-            assert (cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32, matmul.allow_tf32) == (
-                False, True, False, False)
-        assert (cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32, matmul.allow_tf32) == (True, False, True, True)
-        with pytest.raises(KeyError), dispatch.coding_numerics("cuda"):
-            raise KeyError("restored on errors too")
-        assert (cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32) == (True, True, True)
-    finally:
-        cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32, matmul.allow_tf32 = before
+_NUMERICS_SCRIPT = """
+import threading, torch
+from kernels import dispatch
+B = torch.backends
+new_api = hasattr(B.cuda.matmul, "fp32_precision")
+def state():
+    precision = ((B.cuda.matmul.fp32_precision, B.cudnn.conv.fp32_precision) if new_api
+                 else (B.cuda.matmul.allow_tf32, B.cudnn.allow_tf32))
+    return (B.cudnn.benchmark, B.cudnn.deterministic, *precision)
+pinned = (False, True, "ieee", "ieee") if new_api else (False, True, False, False)
+case = CASE
+if case == "legacy":
+    B.cuda.matmul.allow_tf32 = B.cudnn.allow_tf32 = True
+elif case == "new" and new_api:
+    B.cuda.matmul.fp32_precision = B.fp32_precision = "tf32"
+elif case == "medium":
+    torch.set_float32_matmul_precision("medium")
+B.cudnn.benchmark = True
+before = state()
+with dispatch.coding_numerics("cpu"):  # nothing to pin off CUDA
+    assert state() == before
+with dispatch.coding_numerics(torch.device("cuda", 0)):
+    assert state() == pinned, state()
+assert state() == before
+try:
+    with dispatch.coding_numerics("cuda"):
+        raise KeyError("restored on errors too")
+except KeyError:
+    pass
+assert state() == before
+# Overlapping codings in two threads: pinned until the last one leaves.
+entered, leave = threading.Event(), threading.Event()
+def other():
+    with dispatch.coding_numerics("cuda"):
+        entered.set()
+        leave.wait()
+        assert state() == pinned
+thread = threading.Thread(target=other)
+with dispatch.coding_numerics("cuda"):
+    thread.start()
+    entered.wait()
+assert state() == pinned  # the other coding is still running
+leave.set()
+thread.join()
+assert state() == before
+if case == "medium":
+    assert torch.get_float32_matmul_precision() == "medium"
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("case", ["defaults", "legacy", "new", "medium"])
+def test_coding_numerics_pins_cuda_settings_and_restores_them(case):
+    """Each caller setting in a fresh process: torch refuses some mixes of its TF32 APIs for good."""
+    import subprocess
+    import sys
+
+    script = _NUMERICS_SCRIPT.replace("CASE", repr(case))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          cwd=str(Path(__file__).resolve().parent.parent))
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
 
 
 def test_decoding_refuses_a_path_mismatch(monkeypatch):
