@@ -147,13 +147,6 @@ def _bench_step(benchmark, path: str) -> None:
 needs_cuda = pytest.mark.skipif(not (CUDA and HAS_TRITON), reason=NO_CUDA)
 
 
-@pytest.fixture(autouse=True)
-def _coding_numerics():
-    """The torch contenders compute as the codec does on CUDA (no TF32: kernels/dispatch.coding_numerics)."""
-    with dispatch.coding_numerics("cuda" if CUDA else "cpu"):
-        yield
-
-
 @pytest.mark.benchmark(group="entropy_proj")
 def test_entropy_proj_torch_ref(benchmark):
     _bench_proj(benchmark, "torch_ref")

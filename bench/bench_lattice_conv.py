@@ -85,13 +85,6 @@ def _bench(benchmark, name: str) -> None:
     benchmark.pedantic(synced(fn, *args), warmup_rounds=3, rounds=30 if CUDA else 5, iterations=1)
 
 
-@pytest.fixture(autouse=True)
-def _coding_numerics():
-    """The torch contenders compute as the codec does on CUDA (no TF32: kernels/dispatch.coding_numerics)."""
-    with dispatch.coding_numerics("cuda" if CUDA else "cpu"):
-        yield
-
-
 @pytest.mark.benchmark(group=GROUP)
 def test_lattice_conv_torch_ref(benchmark):
     _bench(benchmark, "torch_ref")

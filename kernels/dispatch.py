@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -60,36 +60,29 @@ __all__ = ["ENV_VAR", "KERNEL_PATHS", "KernelPathError", "check_kernel_path", "c
 
 _NUMERICS_LOCK = threading.Lock()
 _numerics_users = 0
-_numerics_saved: Callable[[], None] | None = None
+_numerics_saved: tuple | None = None
+#: Torch 2.9 and newer set TF32 through ``fp32_precision`` and refuse a mix
+#: with the older ``allow_tf32`` flags, so each torch is driven through its own API.
+_PRECISION_API = hasattr(torch.backends.cuda.matmul, "fp32_precision")
+#: (cuDNN benchmark, cuDNN deterministic, matmul precision, conv precision) while coding.
+_PINNED_NUMERICS = (False, True, "ieee", "ieee") if _PRECISION_API else (False, True, False, False)
 
 
-def _pin_cuda_numerics() -> Callable[[], None]:
-    """Sets the pinned numerics; returns what puts the previous settings back.
+def _numerics() -> tuple:
+    """The settings :func:`coding_numerics` pins, in the order of :data:`_PINNED_NUMERICS`."""
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    if _PRECISION_API:
+        return cudnn.benchmark, cudnn.deterministic, matmul.fp32_precision, cudnn.conv.fp32_precision
+    return cudnn.benchmark, cudnn.deterministic, matmul.allow_tf32, cudnn.allow_tf32
 
-    Torch 2.9 and newer set TF32 through ``fp32_precision`` and refuse a mix
-    with the older ``allow_tf32`` flags, so each torch gets its own API.
-    """
-    cudnn = torch.backends.cudnn
-    benchmark, deterministic = cudnn.benchmark, cudnn.deterministic
-    if hasattr(torch.backends.cuda.matmul, "fp32_precision"):
-        matmul, conv = torch.backends.cuda.matmul.fp32_precision, cudnn.conv.fp32_precision
-        torch.backends.cuda.matmul.fp32_precision = cudnn.conv.fp32_precision = "ieee"
 
-        def restore_precision() -> None:
-            torch.backends.cuda.matmul.fp32_precision, cudnn.conv.fp32_precision = matmul, conv
+def _set_numerics(state: tuple) -> None:
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    cudnn.benchmark, cudnn.deterministic = state[:2]
+    if _PRECISION_API:
+        matmul.fp32_precision, cudnn.conv.fp32_precision = state[2:]
     else:
-        matmul, conv = torch.backends.cuda.matmul.allow_tf32, cudnn.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = cudnn.allow_tf32 = False
-
-        def restore_precision() -> None:
-            torch.backends.cuda.matmul.allow_tf32, cudnn.allow_tf32 = matmul, conv
-    cudnn.benchmark, cudnn.deterministic = False, True
-
-    def restore() -> None:
-        restore_precision()
-        cudnn.benchmark, cudnn.deterministic = benchmark, deterministic
-
-    return restore
+        matmul.allow_tf32, cudnn.allow_tf32 = state[2:]
 
 
 @contextmanager
@@ -109,7 +102,8 @@ def coding_numerics(device: torch.device | str) -> Iterator[None]:
         return
     with _NUMERICS_LOCK:
         if _numerics_users == 0:
-            _numerics_saved = _pin_cuda_numerics()
+            _numerics_saved = _numerics()
+            _set_numerics(_PINNED_NUMERICS)
         _numerics_users += 1
     try:
         yield
@@ -117,7 +111,7 @@ def coding_numerics(device: torch.device | str) -> Iterator[None]:
         with _NUMERICS_LOCK:
             _numerics_users -= 1
             if _numerics_users == 0 and _numerics_saved is not None:
-                _numerics_saved()
+                _set_numerics(_numerics_saved)
                 _numerics_saved = None
 
 

@@ -101,6 +101,16 @@ def _check_inputs(bits: Tensor, weight: Tensor, bias: Tensor | None, valid: Tens
                          f"got {tuple(valid.shape)}")
 
 
+def _check_float32_call(bits: Tensor, weight: Tensor, bias: Tensor | None, s: int,
+                        valid: Tensor | None) -> tuple[int, int]:
+    """The checks of :func:`lattice_conv` (both its paths): the step's parity, or ValueError."""
+    parity = _check_step(s)
+    _check_inputs(bits, weight, bias, valid)
+    if weight.dtype != torch.float32:
+        raise ValueError(f"lattice_conv computes in float32; got weight dtype {weight.dtype}")
+    return parity
+
+
 def lattice_conv_ref(bits: Tensor, weight: Tensor, bias: Tensor | None, s: int,
                      valid: Tensor | None = None) -> Tensor:
     """Plain PyTorch: full-resolution conv of the zero-filled space prior, subsampled.
@@ -138,10 +148,7 @@ def lattice_conv_kernel_order(bits: Tensor, weight: Tensor, bias: Tensor | None,
     fused multiply-add). Used where the compiled kernel cannot be trusted
     (:data:`CUDA_KERNEL_ORDER_STEPS`); the arguments are those of :func:`lattice_conv`.
     """
-    pr, pc = _check_step(s)
-    _check_inputs(bits, weight, bias, valid)
-    if weight.dtype != torch.float32:
-        raise ValueError(f"lattice_conv computes in float32; got weight dtype {weight.dtype}")
+    pr, pc = _check_float32_call(bits, weight, bias, s, valid)
     batch, channels, height, width = bits.shape
     h, w = height // 2, width // 2
     signs = bits.to(torch.float32) * 2 - 1
@@ -246,10 +253,7 @@ def launch_kernel(bits: Tensor, weight: Tensor, bias: Tensor | None, s: int, val
 
     For tests and ``bench/diag_lattice_conv.py``; the codec calls :func:`lattice_conv`.
     """
-    pr, pc = _check_step(s)
-    _check_inputs(bits, weight, bias, valid)
-    if weight.dtype != torch.float32:
-        raise ValueError(f"lattice_conv computes in float32; got weight dtype {weight.dtype}")
+    pr, pc = _check_float32_call(bits, weight, bias, s, valid)
     require_triton(bits, weight, bias, valid)
     batch, channels, height, width = bits.shape
     n_out = weight.shape[0]
