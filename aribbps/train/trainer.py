@@ -847,11 +847,16 @@ def train(opts: TrainOptions) -> TrainResult:
         TrainingError: the loss diverged.
     """
     info = init_distributed(resolve_device_kind(opts.device))
-    try:
-        return Trainer(opts, info).run()
-    finally:
-        if info.world_size > 1 and dist.is_initialized():
-            dist.destroy_process_group()
+    result = Trainer(opts, info).run()
+    if info.world_size > 1 and dist.is_initialized():
+        # Every rank reaches the barrier before any tears its connections
+        # down: a rank that left first could abort its peer's gloo threads
+        # ("terminate called without an active exception"). After an error
+        # there is no teardown: a collective there could hang on a peer
+        # still inside a step, and torchrun stops the group anyway.
+        dist.barrier()
+        dist.destroy_process_group()
+    return result
 
 
 def combine_models(sig_path: str | os.PathLike[str], ins_path: str | os.PathLike[str],
