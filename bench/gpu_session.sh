@@ -18,26 +18,34 @@
 #   codec-bench  bench_codec.py, cifar10 config, 1 and 2 lane groups side by side
 #   corpus       training crops and patches cut from $DATA/photos (evaluation photos held out)
 #   smoke        40 iterations of the INS fine-tune (needs corpus)
-#   train        the INS fine-tune until the deadline (needs corpus); its best export is
-#                $OUT/best_ins.safetensors
+#   train        the INS fine-tune (needs corpus), for TRAIN_S seconds (default: until the deadline)
+#   sig-qp       the qp list of the corpus for the SIG fine-tune (generate-finetune, by INIT's nets)
+#   train-sig    the SIG fine-tune at those qps (needs corpus and sig-qp), until the deadline
+#   export       one model file, $OUT/trained.safetensors: the SIG net of train-sig's best
+#                export and the INS net of train's (INIT's net where a run left none)
 #   py:FILE      run a Python file (a one-off diagnosis)
 #
 # Inputs: DATA (default .dev): DATA/photos (tools/fetch_corpus_photos.sh) and
-# DATA/eval (tools/make_eval_sets.sh). Outputs go to OUT (default
-# /tmp/gpu_out), at most 8 files, since the device tool brings back no more:
-# session.log (every stage's log, in order), kernels.jsonl, codec.jsonl,
-# profile_dataset1000.json, pytest_bench.json, and from `train`
-# best_ins.safetensors and train.log (the run itself lives in /tmp/gpu_train).
-# PY (default python3: the machine's, with torch, triton, cupy).
+# DATA/eval (tools/make_eval_sets.sh). INIT (default the shipped model): the
+# model the fine-tunes start from, e.g. a CPU run's export carried in .dev.
+# CORPUS (default /tmp/corpus): where `corpus` cuts the training set. Outputs
+# go to OUT (default /tmp/gpu_out), at most 8 files, since the device tool
+# brings back no more: session.log (every stage's log, in order, the training
+# logs included), kernels.jsonl, codec.jsonl, profile_dataset1000.json,
+# pytest_bench.json and trained.safetensors (the runs themselves live in
+# /tmp/gpu_train and /tmp/gpu_sig). PY (default python3: the machine's, with
+# torch, triton, cupy).
 set -u
 BUDGET=${BUDGET:-330}
 OUT=${OUT:-/tmp/gpu_out}
 DATA=${DATA:-.dev}
 PY=${PY:-python3}
 DEVICE=${DEVICE:-cuda}
+INIT=${INIT:-aribbps/pretrained/default.safetensors}
+CORPUS=${CORPUS:-/tmp/corpus}
 LOGS=/tmp/gpu_logs
 mkdir -p "$OUT" "$LOGS"
-export PYTHONUNBUFFERED=1 OUT DATA PY DEVICE PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+export PYTHONUNBUFFERED=1 OUT DATA PY DEVICE INIT CORPUS PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 t0=$(date +%s)
 
 # stage NAME LIMIT CMD...: run CMD with LIMIT seconds, less if the deadline is nearer; its log goes to
@@ -90,10 +98,37 @@ EOF
 train_ins() {  # SAVE_DIR ITERS [extra options]
     local save=$1 iters=$2
     shift 2
-    $PY -m aribbps.train --mode ins --config medium-split3-s2 --init aribbps/pretrained/default.safetensors \
-        --dataset_type filedataset --data_dir /tmp/corpus/mix --batch-pixels "${BATCH_PIXELS:-131072}" \
+    $PY -m aribbps.train --mode ins --config medium-split3-s2 --init "$INIT" \
+        --dataset_type filedataset --data_dir "$CORPUS/mix" --batch-pixels "${BATCH_PIXELS:-131072}" \
         --batch_size 16 --valid_num 300 --valid-select hash --hflip --lr "${LR:-5e-5}" --decay_rate 1.0 \
-        --ema "${EMA:-0.999}" --workers 8 --device "$DEVICE" --num_iters "$iters" --seed 41 --save_dir "$save" "$@"
+        --ema "${EMA:-0.999}" --workers "${WORKERS:-8}" --device "$DEVICE" --num_iters "$iters" --seed 41 \
+        --save_dir "$save" "$@"
+}
+
+# The SIG net's fine-tune codes each image's latents at the qp the codec gives
+# it, so it needs the corpus's qp list first (made by INIT's nets, as the codec
+# would; docs/default_model.md, stage 5).
+sig_qp() {
+    $PY -m aribbps.train generate-finetune --data_dir "$CORPUS/mix" --model "$INIT" --data_dst /tmp/gpu_sig \
+        --qp_path qp.json --batch_size 64 --device "$DEVICE" -q
+}
+
+train_sig() {  # SAVE_DIR ITERS [extra options]
+    local save=$1 iters=$2
+    shift 2
+    $PY -m aribbps.train --mode finetune --config medium-split3-s2 --init "$INIT" \
+        --dataset_type filedataset --data_dir "$CORPUS/mix" --qp_path /tmp/gpu_sig/qp.json \
+        --batch-pixels "${BATCH_PIXELS:-131072}" --batch_size 8 --valid_num 300 --valid-select hash \
+        --lr "${SIG_LR:-5e-5}" --decay_rate 1.0 --ema "${EMA:-0.999}" --workers "${WORKERS:-8}" \
+        --device "$DEVICE" --num_iters "$iters" --seed 42 --save_dir "$save" "$@"
+}
+
+export_model() {  # the SIG net of the SIG run, the INS net of the INS run; INIT's where a run left no export
+    local sig=/tmp/gpu_sig_train/best_finetune.safetensors ins=/tmp/gpu_train/best_ins.safetensors
+    [[ -f $sig ]] || sig=$INIT
+    [[ -f $ins ]] || ins=$INIT
+    echo "SIG net from $sig, INS net from $ins"
+    $PY -m aribbps.train combine --sig "$sig" --ins "$ins" -o "$OUT/trained.safetensors"
 }
 
 e2e() {  # heldout64 first: it also fills Triton's kernel cache, so the profiled run is warm
@@ -101,7 +136,7 @@ e2e() {  # heldout64 first: it also fills Triton's kernel cache, so the profiled
     $PY bench/gpu_profile.py --json "$OUT/profile_dataset1000.json" -- \
         $PY -m aribbps eval "$DATA/eval/dataset1000" --mode dataset --device "$DEVICE" --json
 }
-export -f make_corpus train_ins e2e
+export -f make_corpus train_ins sig_qp train_sig export_model e2e
 
 { nvidia-smi; $PY -c "import torch, triton, cupy; print('torch', torch.__version__, 'triton', triton.__version__,
 'cupy', cupy.__version__, torch.cuda.get_device_name())"; } >"$LOGS/env.log" 2>&1
@@ -121,12 +156,14 @@ for name in "$@"; do
     e2e) stage e2e 120 e2e ;;
     codec-bench) stage codec_bench 60 $PY bench/bench_codec.py --configs cifar10 --sizes 32 --images 2048 \
         --lanes 256 --mode dataset --device "$DEVICE" --lane-groups 1 2 --out "$OUT/codec.jsonl" ;;
-    corpus) stage corpus 60 make_corpus /tmp/corpus ;;
+    corpus) stage corpus 60 make_corpus "$CORPUS" ;;
     smoke) stage smoke 60 train_ins /tmp/smoke 40 --log_interval 10 --valid_interval 40 --valid_num 32 ;;
-    train)
-        stage train $((BUDGET - ($(date +%s) - t0) - 10)) train_ins /tmp/gpu_train 1000000 --log_interval 50 \
-            --valid_interval "${VALID_INTERVAL:-500}"
-        cp /tmp/gpu_train/best_ins.safetensors /tmp/gpu_train/train.log "$OUT"/ 2>/dev/null ;;
+    train) stage train "${TRAIN_S:-$((BUDGET - ($(date +%s) - t0) - 10))}" train_ins /tmp/gpu_train 1000000 \
+        --log_interval 50 --valid_interval "${VALID_INTERVAL:-500}" ;;
+    sig-qp) stage sig_qp 120 sig_qp ;;
+    train-sig) stage train_sig $((BUDGET - ($(date +%s) - t0) - 40)) train_sig /tmp/gpu_sig_train 1000000 \
+        --log_interval 50 --valid_interval "${VALID_INTERVAL:-500}" ;;
+    export) stage export 30 export_model ;;
     py:*) stage "$(basename "${name#py:}" .py)" 90 $PY "${name#py:}" ;;
     *) echo "unknown stage $name" >&2; exit 2 ;;
     esac
