@@ -20,14 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from aribbps.atomic import atomic_directory, atomic_write_bytes
 from aribbps.arib import ARIB_MODES, AribCodec, AribStats
 from aribbps.codec import CodingStats, PlaneCodec
 from aribbps.coder import NotEnoughBitsError, StreamError
-from aribbps import cpu_isa, cpu_threads
+from aribbps import cpu_isa, cpu_threads, numerics_probe
 from aribbps.container import Archive, ImageRecord, check_model, encode_archive, name_from_file, read_archive
-from aribbps.errors import ArchiveError, AribError, ChecksumError, ImageFormatError
+from aribbps.errors import ArchiveError, AribError, ChecksumError, ImageFormatError, NumericsMismatchError
 from aribbps.imageio import (MODE_CHANNELS, LoadedImage, join_alpha, load_image, output_name, pixel_checksum,
                              save_image, split_alpha)
 from aribbps.lane_groups import EXTRA_KEY as GROUPS_KEY
@@ -209,6 +210,8 @@ def encode_images(images: Sequence[LoadedImage], model: LoadedModel, lanes: int 
         archive.extra[GROUPS_KEY] = n_groups
     cpu_threads.record(archive.extra, model.device.type)
     cpu_isa.record(archive.extra, model.device.type)
+    with dispatch.coding_numerics(model.device):
+        archive.extra[numerics_probe.EXTRA_KEY] = numerics_probe_for(archive, model)
     if isinstance(stats, AribStats):
         _record_side_info(archive, refs, stats)
     data = encode_archive(archive)
@@ -263,6 +266,19 @@ def _codec(model: LoadedModel, mode: str, lanes: int, threads: int, kernel_path:
         raise AribError(f"model {model.name!r} has no latent model: only mode 'context' is available")
     return AribCodec(model.nets, model.cfg.pad_multiple, lanes, mode, model.device, threads, kernel_path,
                      prob_code=prob_code, temperatures=temperatures)
+
+
+def numerics_probe_for(archive: Archive, model: LoadedModel) -> int:
+    """The probe this process writes for files of this archive's model, mode, kernel path and
+    probability code (:mod:`aribbps.numerics_probe`); run it with the file's thread count."""
+    key = (model.weights_hash, str(model.device), archive.mode, archive.kernel_path, archive.prob_code,
+           archive.temperatures, torch.get_num_threads(), cpu_isa.active())
+
+    def encode(item: np.ndarray) -> list[bytes]:
+        codec = _codec(model, archive.mode, 1, 1, archive.kernel_path, archive.prob_code, archive.temperatures)
+        streams, stats = codec.encode([item])
+        return [*streams, *(np.ascontiguousarray(value).tobytes() for value in vars(stats).values())]
+    return numerics_probe.fingerprint(encode, key)
 
 
 def _record_side_info(archive: Archive, refs: Sequence[tuple[_ItemRef, tuple[int, int, int]]],
@@ -428,19 +444,38 @@ def _decode_items(archive: Archive, model: LoadedModel, refs: Sequence[tuple[_It
         except LaneSealError as exc:  # group-local item indices -> the archive's
             raise LaneSealError([group.items[i] for i in exc.items]) from None
 
-    hint = cpu_isa.unpinned_hint(archive.device_kind, archive.temperatures)
     try:
         return scatter(run_groups(decode_group, groups, model.device, progress), groups, len(shapes))
     except LaneSealError as exc:
         names = sorted({archive.images[refs[i][0].image].name for i in exc.items})
         shown = ", ".join(repr(n) for n in names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-        raise ChecksumError(f"image{'s' if len(names) > 1 else ''} {shown} did not decode to the pixels that were "
-                            "encoded (lane check mismatch): the file is corrupted or the decoder differs from "
-                            f"the encoder{hint}") from None
+        what = f"image{'s' if len(names) > 1 else ''} {shown}"
+        hint = _failure_hint(archive, model, what)
+        raise ChecksumError(f"{what} did not decode to the pixels that were encoded (lane check mismatch): "
+                            f"{hint}") from None
     except (StreamError, NotEnoughBitsError) as exc:
-        raise ArchiveError(f"corrupted lane stream: {exc}{hint}") from None
+        raise ArchiveError(f"corrupted lane stream: {exc}; {_failure_hint(archive, model, 'this file')}") from None
     except ValueError as exc:
-        raise ArchiveError(f"{exc}{hint}") from None
+        raise ArchiveError(f"{exc}; {_failure_hint(archive, model, 'this file')}") from None
+
+
+def _failure_hint(archive: Archive, model: LoadedModel, what: str) -> str:
+    """Why decoding failed, as far as the numerics probe tells; raises NumericsMismatchError
+    where this machine computes the networks differently from the encoder's."""
+    try:
+        mismatch = numerics_probe.differs(archive.extra, lambda: numerics_probe_for(archive, model))
+    except (ArchiveError, RuntimeError) as exc:  # a damaged probe value, or the probe itself failed
+        return f"the file is corrupted or the decoder differs from the encoder (numerics probe not run: {exc})"
+    if mismatch is not None:
+        raise NumericsMismatchError(
+            f"cannot decode {what} on this machine: it computes the networks differently from the machine that "
+            f"encoded the file (numerics probe {mismatch[1]:04x}, the file's {mismatch[0]:04x}), so the file is "
+            f"probably intact; decode it on the kind of machine that wrote it ({archive.device_kind}: the same "
+            f"CPU or GPU model and torch version)") from None
+    if numerics_probe.recorded(archive.extra) is not None:
+        return "the file is damaged (this machine computes the networks as the encoder's did: numerics probe matches)"
+    return ("the file is corrupted or the decoder differs from the encoder"
+            + cpu_isa.unpinned_hint(archive.device_kind, archive.temperatures))
 
 
 def _assemble(archive: Archive, refs: Sequence[tuple[_ItemRef, tuple[int, int, int]]],
@@ -505,6 +540,13 @@ def _unique_output_names(records: Sequence[ImageRecord]) -> list[str]:
     return names
 
 
+def _probe_text(value: object) -> str | None:
+    """The numerics probe as info shows it: 4 hex digits, or the raw value where it is malformed."""
+    if value is None:
+        return None
+    return f"{value:04x}" if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else repr(value)
+
+
 def info(archive_path: str | Path) -> dict:
     """A summary of an ``.arib`` file, without decoding it."""
     archive = read_archive(archive_path)
@@ -516,6 +558,7 @@ def info(archive_path: str | Path) -> dict:
         "lane_groups": archive.extra.get(GROUPS_KEY, 1),
         "tile": archive.tile_size, "device": archive.device_kind, "kernels": archive.kernel_path,
         "probabilities": archive.prob_code, "temperatures": archive.temperatures,
+        "numerics_probe": _probe_text(archive.extra.get(numerics_probe.EXTRA_KEY)),
         "images": len(archive.images), "subpixels": subpixels,
         "bpd": size * 8 / subpixels if subpixels else 0.0,
         "lane_bytes": [len(s) for s in archive.lane_streams],

@@ -8,7 +8,11 @@ machine with oneDNN limited to AVX2, as on any AVX2-only machine would
 (measured 2026-12-03). So importing aribbps limits oneDNN to AVX2, which
 every x86-64 server and desktop of the last decade has, through
 ``ONEDNN_MAX_CPU_ISA`` (read by oneDNN at its first use, so before any
-convolution runs; a value set by the user is left alone).
+convolution runs; a value set by the user is left alone). The pin is not
+enough between all CPUs: at AVX2 oneDNN still chose kernels that round
+otherwise on the AMD EPYC of 2026-12-06 than on the machine of 2026-12-03;
+:mod:`aribbps.numerics_probe` then tells the user the file is probably
+intact.
 
 Files with temperature symbols (container flag bit 7, the first written with
 this pin) ran at AVX2 unless their extra dict says otherwise under

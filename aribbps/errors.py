@@ -29,3 +29,8 @@ class ModelLoadError(AribError, ValueError):
 
 class ChecksumError(AribError):
     """A decoded image does not match the checksum the encoder stored."""
+
+
+class NumericsMismatchError(ArchiveError):
+    """Decoding failed and this machine computes the networks differently from the encoder's
+    (:mod:`aribbps.numerics_probe`): the file is probably intact, the machine is the wrong kind."""
