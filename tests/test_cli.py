@@ -322,6 +322,8 @@ def test_info(tmp_path: Path, model_file: Path, capsys: pytest.CaptureFixture[st
     assert summary["images"] == 3 and summary["model"] == "tiny-context" and summary["mode"] == "context"
     assert summary["probabilities"] == "logit" and summary["temperatures"] is True
     assert decode_archive(arib.read_bytes()).lanes == summary["lanes"]
+    assert main(["info", str(arib)]) == EXIT_OK
+    assert f"numerics_probe {summary['numerics_probe']}" in capsys.readouterr().out
 
 
 def test_one_image_named_like_its_archive_is_stored_without_its_name(tmp_path: Path, model_file: Path) -> None:
