@@ -272,7 +272,7 @@ def numerics_probe_for(archive: Archive, model: LoadedModel) -> int:
     """The probe this process writes for files of this archive's model, mode, kernel path and
     probability code (:mod:`aribbps.numerics_probe`); run it with the file's thread count."""
     key = (model.weights_hash, str(model.device), archive.mode, archive.kernel_path, archive.prob_code,
-           archive.temperatures, torch.get_num_threads(), cpu_isa.active())
+           archive.temperatures, torch.get_num_threads(), cpu_isa.active(), cpu_isa.aten_active())
 
     def encode(item: np.ndarray) -> list[bytes]:
         codec = _codec(model, archive.mode, 1, 1, archive.kernel_path, archive.prob_code, archive.temperatures)
@@ -409,7 +409,8 @@ def decode_archive_images(archive: Archive, model: LoadedModel, threads: int = 0
         path = dispatch.check_kernel_path(archive.kernel_path, model.device)
     except dispatch.KernelPathError as exc:
         raise ArchiveError(str(exc)) from None
-    cpu_isa.check(archive.extra, archive.device_kind, pinned_file=archive.temperatures)
+    cpu_isa.check(archive.extra, archive.device_kind, pinned_file=archive.temperatures,
+                  aten_pinned_file=numerics_probe.EXTRA_KEY in archive.extra)
     with cpu_threads.matching(archive.extra, archive.device_kind), dispatch.coding_numerics(model.device):
         items = _decode_items(archive, model, refs, threads, path, progress)
     return _assemble(archive, refs, items)

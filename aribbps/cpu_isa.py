@@ -1,4 +1,4 @@
-"""The instruction set of the CPU networks' oneDNN kernels: pinned, recorded, checked.
+"""The instruction sets of the CPU networks' kernels, oneDNN's and ATen's: pinned, recorded, checked.
 
 torch runs its CPU convolutions with oneDNN, which generates kernels for the
 best instruction set of the machine; AVX-512 and AVX2 kernels sum in other
@@ -8,21 +8,36 @@ machine with oneDNN limited to AVX2, as on any AVX2-only machine would
 (measured 2026-12-03). So importing aribbps limits oneDNN to AVX2, which
 every x86-64 server and desktop of the last decade has, through
 ``ONEDNN_MAX_CPU_ISA`` (read by oneDNN at its first use, so before any
-convolution runs; a value set by the user is left alone). The pin is not
-enough between all CPUs: at AVX2 oneDNN still chose kernels that round
-otherwise on the AMD EPYC of 2026-12-06 than on the machine of 2026-12-03;
-:mod:`aribbps.numerics_probe` then tells the user the file is probably
-intact.
+convolution runs; a value set by the user is left alone).
+
+That was not enough: the files written at oneDNN AVX2 on the AVX-512 machine
+of 2026-12-03 did not all decode on the AMD EPYC (AVX2 only) of 2026-12-06.
+torch's own vectorised kernels (ATen: the elementwise functions,
+reductions, softmax) also pick their instruction set by the machine, AVX-512
+where there is one, and they round otherwise at another: on one machine the
+numerics probe (:mod:`aribbps.numerics_probe`) of the version-2 model came
+out 1473 with ATen at AVX2 and 3b78 at its DEFAULT level. So importing
+aribbps also sets ``ATEN_CPU_CAPABILITY=avx2`` (read at torch's first
+operation; only on x86-64 Linux CPUs that list AVX2 and FMA, since ATen
+trusts the setting and would fault without them; a value set by the user is
+left alone). What else differs between CPUs (oneDNN's blocking by cache
+size, say) is not pinned: the numerics probe then tells the user the file
+is probably intact.
 
 Files with temperature symbols (container flag bit 7, the first written with
-this pin) ran at AVX2 unless their extra dict says otherwise under
-:data:`EXTRA_KEY`; the decoder refuses a file whose instruction set is not
-its own, since oneDNN cannot change it once it has run. Older files record
-nothing and decode at whatever the process runs (AVX2 unless set).
+the oneDNN pin) ran oneDNN at AVX2 unless their extra dict says otherwise
+under :data:`EXTRA_KEY`; files with a numerics probe (the first written with
+the ATen pin) ran ATen at AVX2 unless it says otherwise under
+:data:`ATEN_EXTRA_KEY`. The decoder refuses a file whose instruction sets
+are not its own, since neither library can change them once it has run.
+Older files record nothing and decode at whatever the process runs.
 """
 from __future__ import annotations
 
 import os
+import platform
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from aribbps.errors import ArchiveError
@@ -33,12 +48,40 @@ ENV = "ONEDNN_MAX_CPU_ISA"
 PINNED = "AVX2"
 #: The archive extra key of a CPU file's instruction set, where it is not PINNED.
 EXTRA_KEY = "cpu_isa"
+#: ATen's environment variable for the instruction set of its vectorised CPU kernels.
+ATEN_ENV = "ATEN_CPU_CAPABILITY"
+#: What aribbps sets it to (where the CPU has it) and what files with a numerics probe assume.
+ATEN_PINNED = "AVX2"
+#: The archive extra key of ATen's instruction set, where it is not ATEN_PINNED.
+ATEN_EXTRA_KEY = "aten_cpu"
 _MAX_NAME = 32
 
 
 def pin() -> None:
-    """Limits oneDNN to :data:`PINNED` unless the environment already names a limit."""
+    """Limits oneDNN to :data:`PINNED` and ATen to :data:`ATEN_PINNED` unless the
+    environment already names a limit (ATen only where the CPU runs its AVX2 kernels)."""
     os.environ.setdefault(ENV, PINNED)
+    if ATEN_ENV not in os.environ and runs_aten_avx2():
+        os.environ[ATEN_ENV] = ATEN_PINNED.lower()
+
+
+def runs_aten_avx2(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether this is an x86-64 Linux CPU listing AVX2 and FMA, which ATen's AVX2 kernels use."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    try:
+        text = cpuinfo.read_text(errors="replace")
+    except OSError:
+        return False
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return "avx2" in flags and "fma" in flags
+
+
+def aten_active() -> str:
+    """The instruction set ATen's kernels run at in this process (fixed at torch's first operation)."""
+    import torch  # not at module import: aribbps pins before torch loads
+
+    return str(torch.backends.cpu.get_cpu_capability()).upper()
 
 
 def active() -> str:
@@ -47,9 +90,13 @@ def active() -> str:
 
 
 def record(extra: dict[str, Any], device_kind: str) -> None:
-    """Stores the instruction set in ``extra`` for a CPU file, where it is not the pinned one."""
-    if device_kind == "cpu" and active() != PINNED:
+    """Stores the instruction sets in ``extra`` for a CPU file, where they are not the pinned ones."""
+    if device_kind != "cpu":
+        return
+    if active() != PINNED:
         extra[EXTRA_KEY] = active()
+    if aten_active() != ATEN_PINNED:
+        extra[ATEN_EXTRA_KEY] = aten_active()
 
 
 def unpinned_hint(device_kind: str, pinned_file: bool) -> str:
@@ -57,25 +104,34 @@ def unpinned_hint(device_kind: str, pinned_file: bool) -> str:
     if device_kind != "cpu" or pinned_file:
         return ""
     return (f"; files written before aribbps pinned oneDNN's instruction set decode only at the encoder's: "
-            f"if this one comes from another machine, try {ENV}=ALL or the instruction set of that machine")
+            f"if this one comes from another machine, try {ENV}=ALL or the instruction set of that machine "
+            f"(and {ATEN_ENV}, e.g. avx512, where that machine had AVX-512)")
 
 
-def check(extra: dict[str, Any], device_kind: str, pinned_file: bool) -> None:
-    """Refuses to decode a CPU file at an instruction set other than the encoder's.
+def check(extra: dict[str, Any], device_kind: str, pinned_file: bool, aten_pinned_file: bool = False) -> None:
+    """Refuses to decode a CPU file at instruction sets other than the encoder's.
 
-    ``pinned_file``: the file comes from an encoder that pins (flag bit 7);
-    without a recorded value it ran at :data:`PINNED`.
+    ``pinned_file``: the file comes from an encoder that pins oneDNN (flag
+    bit 7); without a recorded value it ran at :data:`PINNED`.
+    ``aten_pinned_file``: from one that also pins ATen (it has a numerics
+    probe); without a recorded value it ran at :data:`ATEN_PINNED`.
 
     Raises:
         ArchiveError: a malformed value, or one that is not this process's.
     """
     if device_kind != "cpu":
         return
-    wanted = extra.get(EXTRA_KEY, PINNED if pinned_file else None)
+    _check_one(extra.get(EXTRA_KEY, PINNED if pinned_file else None), active, ENV, "oneDNN")
+    _check_one(extra.get(ATEN_EXTRA_KEY, ATEN_PINNED if aten_pinned_file else None), aten_active, ATEN_ENV,
+               "ATen's kernels")
+
+
+def _check_one(wanted: Any, here: Callable[[], str], env: str, what: str) -> None:
     if wanted is None:
         return
     if not isinstance(wanted, str) or not 0 < len(wanted) <= _MAX_NAME or not wanted.replace("_", "").isalnum():
         raise ArchiveError(f"corrupted: the archive's CPU instruction set is {wanted!r}")
-    if wanted != active():
-        raise ArchiveError(f"this file was encoded with {ENV}={wanted} and this process runs oneDNN at "
-                           f"{active()}: set {ENV}={wanted} in the environment before starting the decoder")
+    if wanted != here():
+        raise ArchiveError(f"this file was encoded with {env}={wanted} and this process runs {what} at "
+                           f"{here()}: set {env}={wanted} in the environment before starting the decoder "
+                           "(on a CPU that has that instruction set)")

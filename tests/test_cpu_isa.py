@@ -2,13 +2,19 @@
 from __future__ import annotations
 
 import os
+import platform
 import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
-from aribbps import cpu_isa
+from aribbps import api, cpu_isa, zoo
+from aribbps.container import read_archive
 from aribbps.errors import ArchiveError
+from aribbps.imageio import load_image
 
 
 def _env_in_fresh_process(env: dict[str, str]) -> str:
@@ -23,7 +29,35 @@ def test_importing_aribbps_pins_avx2_unless_the_user_chose() -> None:
     assert _env_in_fresh_process({cpu_isa.ENV: "AVX512_CORE"}) == "AVX512_CORE"
 
 
+def _aten_in_fresh_process(env: dict[str, str]) -> str:
+    code = "import aribbps, torch; torch.ones(2).exp(); print(torch.backends.cpu.get_cpu_capability())"
+    full = {k: v for k, v in os.environ.items() if k != cpu_isa.ATEN_ENV} | env
+    return subprocess.run([sys.executable, "-c", code], env=full, capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+@pytest.mark.skipif(not cpu_isa.runs_aten_avx2(), reason="ATen is pinned only on x86-64 CPUs with AVX2 and FMA")
+def test_importing_aribbps_pins_aten_to_avx2_unless_the_user_chose() -> None:
+    assert _aten_in_fresh_process({}) == "AVX2"
+    assert _aten_in_fresh_process({cpu_isa.ATEN_ENV: "default"}) == "DEFAULT"
+
+
+def test_aten_is_pinned_only_where_the_cpu_lists_avx2_and_fma(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    for flags, expected in (("fpu sse2 avx avx2 fma bmi2", True), ("fpu sse2 avx fma", False),
+                            ("fpu sse2 avx avx2", False)):
+        cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
+        assert cpu_isa.runs_aten_avx2(cpuinfo) is expected, flags
+    assert not cpu_isa.runs_aten_avx2(tmp_path / "missing")
+    cpuinfo.write_text("flags\t\t: avx2 fma\n")
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
+    assert not cpu_isa.runs_aten_avx2(cpuinfo)
+
+
 def test_only_an_unpinned_cpu_file_records_its_instruction_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cpu_isa, "aten_active", lambda: "AVX2")
     monkeypatch.setenv(cpu_isa.ENV, "avx2")
     extra: dict = {}
     cpu_isa.record(extra, "cpu")
@@ -33,6 +67,21 @@ def test_only_an_unpinned_cpu_file_records_its_instruction_set(monkeypatch: pyte
     assert extra == {}
     cpu_isa.record(extra, "cpu")
     assert extra == {cpu_isa.EXTRA_KEY: "AVX512_CORE"}
+    monkeypatch.setattr(cpu_isa, "aten_active", lambda: "AVX512")
+    cpu_isa.record(extra, "cpu")
+    assert extra == {cpu_isa.EXTRA_KEY: "AVX512_CORE", cpu_isa.ATEN_EXTRA_KEY: "AVX512"}
+
+
+def test_the_decoder_refuses_another_aten_instruction_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(cpu_isa.ENV, "AVX2")
+    monkeypatch.setattr(cpu_isa, "aten_active", lambda: "AVX512")
+    cpu_isa.check({}, "cpu", pinned_file=True)  # written before the ATen pin: whatever runs
+    with pytest.raises(ArchiveError, match="ATEN_CPU_CAPABILITY=AVX2 .* ATen's kernels at AVX512"):
+        cpu_isa.check({}, "cpu", pinned_file=True, aten_pinned_file=True)
+    cpu_isa.check({cpu_isa.ATEN_EXTRA_KEY: "AVX512"}, "cpu", pinned_file=True, aten_pinned_file=True)
+    cpu_isa.check({}, "cuda", pinned_file=True, aten_pinned_file=True)
+    with pytest.raises(ArchiveError, match="corrupted"):
+        cpu_isa.check({cpu_isa.ATEN_EXTRA_KEY: 3}, "cpu", pinned_file=True, aten_pinned_file=True)
 
 
 def test_the_decoder_refuses_another_instruction_set(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -53,3 +102,28 @@ def test_the_decoder_refuses_another_instruction_set(monkeypatch: pytest.MonkeyP
 def test_the_hint_is_for_unpinned_cpu_files_only() -> None:
     assert "ONEDNN_MAX_CPU_ISA=ALL" in cpu_isa.unpinned_hint("cpu", pinned_file=False)
     assert cpu_isa.unpinned_hint("cpu", pinned_file=True) == cpu_isa.unpinned_hint("cuda", pinned_file=False) == ""
+
+
+def _cli(args: list[str], aten: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != cpu_isa.ATEN_ENV} | {cpu_isa.ATEN_ENV: aten}
+    return subprocess.run([sys.executable, "-m", "aribbps", *args], env=env, capture_output=True, text=True)
+
+
+@pytest.mark.skipif(not cpu_isa.runs_aten_avx2(), reason="ATen is pinned only on x86-64 CPUs with AVX2 and FMA")
+def test_a_file_from_another_aten_level_is_refused_with_the_setting_and_decodes_at_it(
+        tmp_path: Path, model_file: Path) -> None:
+    """ATen at DEFAULT rounds otherwise than at AVX2 (the numerics probe differs): such a file
+    records its level, and decodes in a process set to it."""
+    image = tmp_path / "a.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (12, 10, 3), dtype=np.uint8)).save(image)
+    arib = tmp_path / "a.arib"
+    done = _cli(["compress", str(image), "-o", str(arib), "--model", str(model_file), "-q"], "default")
+    assert done.returncode == 0, done.stderr
+    archive = read_archive(arib)
+    assert archive.extra[cpu_isa.ATEN_EXTRA_KEY] == "DEFAULT"
+    with pytest.raises(ArchiveError, match="ATEN_CPU_CAPABILITY=DEFAULT"):
+        api.decode_archive_images(archive, zoo.load(model_file))
+    out = tmp_path / "out"
+    done = _cli(["decompress", str(arib), "-o", str(out), "--model", str(model_file), "-q"], "default")
+    assert done.returncode == 0, done.stderr
+    np.testing.assert_array_equal(load_image(out / "a.png").pixels, load_image(image).pixels)
