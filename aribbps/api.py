@@ -210,8 +210,7 @@ def encode_images(images: Sequence[LoadedImage], model: LoadedModel, lanes: int 
         archive.extra[GROUPS_KEY] = n_groups
     cpu_threads.record(archive.extra, model.device.type)
     cpu_isa.record(archive.extra, model.device.type)
-    with dispatch.coding_numerics(model.device):
-        archive.extra[numerics_probe.EXTRA_KEY] = numerics_probe_for(archive, model)
+    archive.extra[numerics_probe.EXTRA_KEY] = numerics_probe_for(archive, model)
     if isinstance(stats, AribStats):
         _record_side_info(archive, refs, stats)
     data = encode_archive(archive)
@@ -270,13 +269,16 @@ def _codec(model: LoadedModel, mode: str, lanes: int, threads: int, kernel_path:
 
 def numerics_probe_for(archive: Archive, model: LoadedModel) -> int:
     """The probe this process writes for files of this archive's model, mode, kernel path and
-    probability code (:mod:`aribbps.numerics_probe`); run it with the file's thread count."""
+    probability code (:mod:`aribbps.numerics_probe`), under the coding numerics of the device
+    (:func:`kernels.dispatch.coding_numerics`); run it with the file's thread count. The model
+    is known by its weights file's hash: weights changed in memory need a cleared cache."""
     key = (model.weights_hash, str(model.device), archive.mode, archive.kernel_path, archive.prob_code,
            archive.temperatures, torch.get_num_threads(), cpu_isa.active(), cpu_isa.aten_active())
 
     def encode(item: np.ndarray) -> list[bytes]:
         codec = _codec(model, archive.mode, 1, 1, archive.kernel_path, archive.prob_code, archive.temperatures)
-        streams, stats = codec.encode([item])
+        with dispatch.coding_numerics(model.device):
+            streams, stats = codec.encode([item])
         return [*streams, *(np.ascontiguousarray(value).tobytes() for value in vars(stats).values())]
     return numerics_probe.fingerprint(encode, key)
 
@@ -465,14 +467,14 @@ def _failure_hint(archive: Archive, model: LoadedModel, what: str) -> str:
     where this machine computes the networks differently from the encoder's."""
     try:
         mismatch = numerics_probe.differs(archive.extra, lambda: numerics_probe_for(archive, model))
-    except (ArchiveError, RuntimeError) as exc:  # a damaged probe value, or the probe itself failed
+    except Exception as exc:  # noqa: BLE001 - a diagnosis must never hide the decoding error itself
         return f"the file is corrupted or the decoder differs from the encoder (numerics probe not run: {exc})"
     if mismatch is not None:
         raise NumericsMismatchError(
             f"cannot decode {what} on this machine: it computes the networks differently from the machine that "
-            f"encoded the file (numerics probe {mismatch[1]:04x}, the file's {mismatch[0]:04x}), so the file is "
-            f"probably intact; decode it on the kind of machine that wrote it ({archive.device_kind}: the same "
-            f"CPU or GPU model and torch version)") from None
+            f"encoded the file (numerics probe {mismatch[1]:04x}, the file's {mismatch[0]:04x}), which is the "
+            f"likely cause, not damage to the file; decode it on the kind of machine that wrote it "
+            f"({archive.device_kind}: the same CPU or GPU model and torch version)") from None
     if numerics_probe.recorded(archive.extra) is not None:
         return "the file is damaged (this machine computes the networks as the encoder's did: numerics probe matches)"
     return ("the file is corrupted or the decoder differs from the encoder"
@@ -541,11 +543,13 @@ def _unique_output_names(records: Sequence[ImageRecord]) -> list[str]:
     return names
 
 
-def _probe_text(value: object) -> str | None:
+def _probe_text(extra: dict) -> str | None:
     """The numerics probe as info shows it: 4 hex digits, or the raw value where it is malformed."""
-    if value is None:
-        return None
-    return f"{value:04x}" if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else repr(value)
+    try:
+        value = numerics_probe.recorded(extra)
+    except ArchiveError:
+        return repr(extra[numerics_probe.EXTRA_KEY])
+    return None if value is None else f"{value:04x}"
 
 
 def info(archive_path: str | Path) -> dict:
@@ -559,7 +563,7 @@ def info(archive_path: str | Path) -> dict:
         "lane_groups": archive.extra.get(GROUPS_KEY, 1),
         "tile": archive.tile_size, "device": archive.device_kind, "kernels": archive.kernel_path,
         "probabilities": archive.prob_code, "temperatures": archive.temperatures,
-        "numerics_probe": _probe_text(archive.extra.get(numerics_probe.EXTRA_KEY)),
+        "numerics_probe": _probe_text(archive.extra),
         "images": len(archive.images), "subpixels": subpixels,
         "bpd": size * 8 / subpixels if subpixels else 0.0,
         "lane_bytes": [len(s) for s in archive.lane_streams],

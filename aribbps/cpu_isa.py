@@ -15,14 +15,16 @@ of 2026-12-03 did not all decode on the AMD EPYC (AVX2 only) of 2026-12-06.
 torch's own vectorised kernels (ATen: the elementwise functions,
 reductions, softmax) also pick their instruction set by the machine, AVX-512
 where there is one, and they round otherwise at another: on one machine the
-numerics probe (:mod:`aribbps.numerics_probe`) of the version-2 model came
-out 1473 with ATen at AVX2 and 3b78 at its DEFAULT level. So importing
-aribbps also sets ``ATEN_CPU_CAPABILITY=avx2`` (read at torch's first
-operation; only on x86-64 Linux CPUs that list AVX2 and FMA, since ATen
-trusts the setting and would fault without them; a value set by the user is
-left alone). What else differs between CPUs (oneDNN's blocking by cache
-size, say) is not pinned: the numerics probe then tells the user the file
-is probably intact.
+numerics probe (:mod:`aribbps.numerics_probe`) of the version-2 model on one
+thread came out 1473 with ATen at AVX2 and 3b78 at its DEFAULT level. So
+importing aribbps also sets ``ATEN_CPU_CAPABILITY=avx2`` (read at torch's
+first operation; torch takes only lower-case values; set only on x86-64
+CPUs with AVX2 and FMA, since ATen trusts the setting and would fault
+without them; a value set by the user is left alone). It holds for all torch
+code of the process and its children: elementwise work runs at AVX2 on an
+AVX-512 machine. What else differs between CPUs (oneDNN's blocking by cache
+size, say) is not pinned: the numerics probe then tells the user that the machine,
+not damage to the file, is the likely cause.
 
 Files with temperature symbols (container flag bit 7, the first written with
 the oneDNN pin) ran oneDNN at AVX2 unless their extra dict says otherwise
@@ -66,13 +68,17 @@ def pin() -> None:
 
 
 def runs_aten_avx2(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
-    """Whether this is an x86-64 Linux CPU listing AVX2 and FMA, which ATen's AVX2 kernels use."""
+    """Whether this is an x86-64 CPU with AVX2 and FMA, which ATen's AVX2 kernels use: from the
+    flags of ``cpuinfo`` on Linux, elsewhere from torch's own probe of the CPU (AVX2 only)."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return False
     try:
         text = cpuinfo.read_text(errors="replace")
     except OSError:
-        return False
+        import torch  # importing torch does not fix ATen's level; its first operation does
+
+        probe = getattr(torch.cpu, "_is_avx2_supported", None)
+        return bool(probe()) if callable(probe) else False
     flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
     return "avx2" in flags and "fma" in flags
 
@@ -114,24 +120,29 @@ def check(extra: dict[str, Any], device_kind: str, pinned_file: bool, aten_pinne
     ``pinned_file``: the file comes from an encoder that pins oneDNN (flag
     bit 7); without a recorded value it ran at :data:`PINNED`.
     ``aten_pinned_file``: from one that also pins ATen (it has a numerics
-    probe); without a recorded value it ran at :data:`ATEN_PINNED`.
+    probe: both came in on 2026-12-06, the probe one commit earlier, and no
+    file of that commit left the repository); without a recorded value it
+    ran at :data:`ATEN_PINNED`.
 
     Raises:
         ArchiveError: a malformed value, or one that is not this process's.
     """
     if device_kind != "cpu":
         return
-    _check_one(extra.get(EXTRA_KEY, PINNED if pinned_file else None), active, ENV, "oneDNN")
-    _check_one(extra.get(ATEN_EXTRA_KEY, ATEN_PINNED if aten_pinned_file else None), aten_active, ATEN_ENV,
-               "ATen's kernels")
+    oned = extra.get(EXTRA_KEY, PINNED if pinned_file else None)
+    _check_one(oned, active, ENV, "oneDNN", str(oned))
+    aten = extra.get(ATEN_EXTRA_KEY, ATEN_PINNED if aten_pinned_file else None)
+    _check_one(aten, aten_active, ATEN_ENV, "ATen's kernels", str(aten).lower())  # torch reads lower case only
 
 
-def _check_one(wanted: Any, here: Callable[[], str], env: str, what: str) -> None:
+def _check_one(wanted: object, here: Callable[[], str], env: str, what: str, setting: str) -> None:
+    """Refuses ``wanted`` (a file's instruction set; None: unknown) where ``here()`` differs;
+    ``setting`` is the value of ``env`` that selects it."""
     if wanted is None:
         return
     if not isinstance(wanted, str) or not 0 < len(wanted) <= _MAX_NAME or not wanted.replace("_", "").isalnum():
         raise ArchiveError(f"corrupted: the archive's CPU instruction set is {wanted!r}")
     if wanted != here():
-        raise ArchiveError(f"this file was encoded with {env}={wanted} and this process runs {what} at "
-                           f"{here()}: set {env}={wanted} in the environment before starting the decoder "
+        raise ArchiveError(f"this file was encoded with {what} at {wanted} and this process runs them at "
+                           f"{here()}: set {env}={setting} in the environment before starting the decoder "
                            "(on a CPU that has that instruction set)")

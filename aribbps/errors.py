@@ -31,6 +31,7 @@ class ChecksumError(AribError):
     """A decoded image does not match the checksum the encoder stored."""
 
 
-class NumericsMismatchError(ArchiveError):
+class NumericsMismatchError(ArchiveError, ChecksumError):
     """Decoding failed and this machine computes the networks differently from the encoder's
-    (:mod:`aribbps.numerics_probe`): the file is probably intact, the machine is the wrong kind."""
+    (:mod:`aribbps.numerics_probe`): the likely cause, rather than damage to the file. Both an
+    ArchiveError and a ChecksumError, as the failure it explains was one or the other."""

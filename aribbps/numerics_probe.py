@@ -2,9 +2,9 @@
 compared by a decoder whose decoding failed.
 
 A file decodes only where the networks compute the encoder's floats bit for
-bit. aribbps pins what it can (oneDNN's instruction set, :mod:`aribbps.cpu_isa`;
-the thread count, :mod:`aribbps.cpu_threads`), but oneDNN still picks its
-kernels by the CPU it runs on: of the two version-2 test files written at
+bit. aribbps pins what it can (oneDNN's and ATen's instruction sets,
+:mod:`aribbps.cpu_isa`; the thread count, :mod:`aribbps.cpu_threads`), but
+the kernels still depend on the CPU they run on: of the two version-2 test files written at
 AVX2 with 2 threads on the machine of 2026-12-03, one failed its lane check
 on the AMD EPYC of 2026-12-06 at every instruction-set setting, and both
 on the CI machine of that day; so would a file from another torch version
@@ -16,8 +16,9 @@ rounding difference of the networks, not only with one that changes a
 quantised probability (those are rare: two machines wrote the same bytes
 for one of the version-2 files and not for the other). When decoding fails,
 the decoder codes the same image: another hash means this machine computes
-differently and the file is probably intact; the same hash means the file
-is damaged (unless the networks differ only at other shapes than the
+differently, the likely cause (the hash is more sensitive than decoding:
+it can differ on a machine that decodes most files); the same hash means
+the file is damaged (unless the networks differ only at other shapes than the
 probe's, or the hashes collide, 1 in 16,384). Decoding itself never
 depends on it. 14 bits are a 2-byte varint: with its key, 4 bytes a file
 (0.01 bits per sub-pixel on a 32x32 RGB image).

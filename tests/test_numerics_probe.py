@@ -44,7 +44,7 @@ def test_the_probe_image_is_fixed_and_varied() -> None:
 def test_the_fingerprint_hashes_every_part_and_is_cached_by_key() -> None:
     calls: list[int] = []
 
-    def encode(parts: list[bytes]):
+    def encode(parts: list[bytes]) -> numerics_probe.ProbeEncoder:
         def run(image: np.ndarray) -> list[bytes]:
             calls.append(1)
             return parts
@@ -56,9 +56,11 @@ def test_the_fingerprint_hashes_every_part_and_is_cached_by_key() -> None:
     assert 0 <= a <= 0x3FFF and a != b
 
 
-def test_every_file_records_the_probe_and_decodes_without_it(model: zoo.LoadedModel) -> None:
+def test_every_file_records_the_probe_and_decodes_without_it(model: zoo.LoadedModel,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     result = api.encode_images([_image()], model, lanes=1)
     probe = result.archive.extra[numerics_probe.EXTRA_KEY]
+    monkeypatch.setattr(numerics_probe, "_cache", {})  # computed again, as another process would
     assert probe == api.numerics_probe_for(result.archive, model)
     archive = decode_archive(result.data)
     assert numerics_probe.recorded(archive.extra) == probe
@@ -67,8 +69,10 @@ def test_every_file_records_the_probe_and_decodes_without_it(model: zoo.LoadedMo
     np.testing.assert_array_equal(decoded.pixels, _image().pixels)
 
 
-def test_a_damaged_file_is_called_damaged_where_the_probe_matches(model: zoo.LoadedModel) -> None:
+def test_a_damaged_file_is_called_damaged_where_the_probe_matches(model: zoo.LoadedModel,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     data = _damaged(api.encode_images([_image()], model, lanes=1).data)
+    monkeypatch.setattr(numerics_probe, "_cache", {})  # the decoder computes its own
     with pytest.raises((ArchiveError, ChecksumError), match="numerics probe matches") as caught:
         api.decode_archive_images(decode_archive(data), model)
     assert not isinstance(caught.value, NumericsMismatchError)
@@ -77,7 +81,7 @@ def test_a_damaged_file_is_called_damaged_where_the_probe_matches(model: zoo.Loa
 def test_a_machine_that_computes_differently_is_named_as_the_cause(model_file: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """A decoder whose networks round differently (here: weights nudged by 1e-3 of their size,
-    as another CPU's kernels would nudge the sums) fails, and says the file is probably intact."""
+    as another CPU's kernels would nudge the sums) fails, and names that as the likely cause."""
     data = api.encode_images([_image()], zoo.load(model_file), lanes=1).data
     monkeypatch.setattr(numerics_probe, "_cache", {})  # the decoder is another process
     other = zoo.load(model_file)
@@ -85,8 +89,9 @@ def test_a_machine_that_computes_differently_is_named_as_the_cause(model_file: P
         for net in (other.nets.sig, other.nets.ins):
             for p in net.parameters():
                 p.mul_(1 + 1e-3)
-    with pytest.raises(NumericsMismatchError, match="probably intact"):
+    with pytest.raises(NumericsMismatchError, match="computes the networks differently .* likely cause") as caught:
         api.decode_archive_images(decode_archive(data), other)
+    assert isinstance(caught.value, ChecksumError) and isinstance(caught.value, ArchiveError)
 
 
 def test_a_malformed_probe_is_reported_not_trusted(model: zoo.LoadedModel) -> None:
@@ -105,3 +110,6 @@ def test_info_shows_the_probe(model: zoo.LoadedModel, tmp_path: Path) -> None:
     result = api.encode_images([_image()], model, lanes=1)
     path.write_bytes(result.data)
     assert api.info(path)["numerics_probe"] == f"{result.archive.extra[numerics_probe.EXTRA_KEY]:04x}"
+    result.archive.extra[numerics_probe.EXTRA_KEY] = 0x4000
+    path.write_bytes(encode_archive(result.archive))
+    assert api.info(path)["numerics_probe"] == repr(0x4000)
