@@ -465,10 +465,11 @@ def _decode_items(archive: Archive, model: LoadedModel, refs: Sequence[tuple[_It
 def _failure_hint(archive: Archive, model: LoadedModel, what: str) -> str:
     """Why decoding failed, as far as the numerics probe tells; raises NumericsMismatchError
     where this machine computes the networks differently from the encoder's."""
+    unknown = "the file is corrupted or the decoder differs from the encoder"
     try:
         mismatch = numerics_probe.differs(archive.extra, lambda: numerics_probe_for(archive, model))
     except Exception as exc:  # noqa: BLE001 - a diagnosis must never hide the decoding error itself
-        return f"the file is corrupted or the decoder differs from the encoder (numerics probe not run: {exc})"
+        return f"{unknown} (numerics probe not run: {exc})"
     if mismatch is not None:
         raise NumericsMismatchError(
             f"cannot decode {what} on this machine: it computes the networks differently from the machine that "
@@ -477,8 +478,7 @@ def _failure_hint(archive: Archive, model: LoadedModel, what: str) -> str:
             f"({archive.device_kind}: the same CPU or GPU model and torch version)") from None
     if numerics_probe.recorded(archive.extra) is not None:
         return "the file is damaged (this machine computes the networks as the encoder's did: numerics probe matches)"
-    return ("the file is corrupted or the decoder differs from the encoder"
-            + cpu_isa.unpinned_hint(archive.device_kind, archive.temperatures))
+    return unknown + cpu_isa.unpinned_hint(archive.device_kind, archive.temperatures)
 
 
 def _assemble(archive: Archive, refs: Sequence[tuple[_ItemRef, tuple[int, int, int]]],

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from aribbps.errors import ArchiveError
+from aribbps.packed import recorded_int
 
 #: The archive extra key holding the encoder's intra-op thread count (CPU files only).
 EXTRA_KEY = "cpu_threads"
@@ -38,12 +38,7 @@ def recorded(extra: dict[str, Any]) -> int | None:
     Raises:
         ArchiveError: a value that is not an int in 1..:data:`MAX_THREADS`.
     """
-    value = extra.get(EXTRA_KEY)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_THREADS:
-        raise ArchiveError(f"corrupted: the archive's CPU thread count is {value!r} (1..{MAX_THREADS})")
-    return value
+    return recorded_int(extra, EXTRA_KEY, 1, MAX_THREADS, "CPU thread count")
 
 
 @contextmanager

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from aribbps.errors import ArchiveError
+from aribbps.packed import recorded_int
 
 #: The archive extra key of the encoder's probe.
 EXTRA_KEY = "numerics_probe"
@@ -70,12 +70,7 @@ def recorded(extra: dict[str, Any]) -> int | None:
     Raises:
         ArchiveError: a value that is not an int in 0..0x3FFF.
     """
-    value = extra.get(EXTRA_KEY)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX:
-        raise ArchiveError(f"corrupted: the archive's numerics probe is {value!r} (0..{_MAX})")
-    return value
+    return recorded_int(extra, EXTRA_KEY, 0, _MAX, "numerics probe")
 
 
 def differs(extra: dict[str, Any], here: Callable[[], int]) -> tuple[int, int] | None:

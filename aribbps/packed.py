@@ -26,6 +26,20 @@ _INT, _NEG_INT, _STR, _LIST, _DICT, _FALSE, _TRUE, _NULL, _FLOAT = range(9)
 _F64 = struct.Struct("<d")
 
 
+def recorded_int(extra: dict[str, Any], key: str, low: int, high: int, what: str) -> int | None:
+    """``extra[key]`` as an int in ``low..high`` (None: absent).
+
+    Raises:
+        ArchiveError: any other value, named as "the archive's ``what``".
+    """
+    value = extra.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ArchiveError(f"corrupted: the archive's {what} is {value!r} ({low}..{high})")
+    return value
+
+
 def varint(value: int) -> bytes:
     """Unsigned LEB128."""
     out = bytearray()
