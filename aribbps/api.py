@@ -168,7 +168,8 @@ def default_mode(model: LoadedModel, n_items: int) -> str:
 def encode_images(images: Sequence[LoadedImage], model: LoadedModel, lanes: int | None = None,
                   tile: int = DEFAULT_TILE, threads: int = 0, progress: Progress | None = None,
                   mode: str | None = None, lane_groups: int | None = None,
-                  name_from_file: bool = False, temperatures: bool = True) -> CompressResult:
+                  name_from_file: bool = False, temperatures: bool = True, corrections: bool = True
+                  ) -> CompressResult:
     """Codes images in memory; returns the archive, its bytes and the figures.
 
     ``name_from_file``: store no name for the one image; a reader names it
@@ -178,7 +179,8 @@ def encode_images(images: Sequence[LoadedImage], model: LoadedModel, lanes: int 
     None picks :func:`default_mode`. ``lanes``: None picks :func:`default_lanes`.
     ``lane_groups``: codecs run concurrently (:mod:`aribbps.lane_groups`);
     None picks its default for the device. ``temperatures``: per-plane
-    temperature symbols (:mod:`aribbps.temperature`); off only to measure them.
+    temperature symbols (:mod:`aribbps.temperature`) and ``corrections``
+    (:mod:`aribbps.prob_correction`): off only to measure them.
     """
     if not images:
         raise AribError("no images to compress")
@@ -202,10 +204,10 @@ def encode_images(images: Sequence[LoadedImage], model: LoadedModel, lanes: int 
     mode = mode or default_mode(model, len(items))
     with dispatch.coding_numerics(model.device):
         streams, stats, kernel_path, n_groups = _encode_items(items, model, mode, lanes, threads, progress,
-                                                              lane_groups, temperatures)
+                                                              lane_groups, temperatures, corrections)
     archive = Archive(model.name, model.weights_hash, mode, lanes, tile, model.device.type, kernel_path,
                       records, streams, name_from_file=name_from_file, prob_code=WRITTEN_PROB_CODE,
-                      temperatures=temperatures)
+                      temperatures=temperatures, corrections=corrections)
     if n_groups > 1:
         archive.extra[GROUPS_KEY] = n_groups
     cpu_threads.record(archive.extra, model.device.type)
@@ -235,14 +237,15 @@ def default_lanes(shapes: Sequence[tuple[int, int, int]], model: LoadedModel) ->
 
 
 def _encode_items(items: Sequence[np.ndarray], model: LoadedModel, mode: str, lanes: int, threads: int,
-                  progress: Progress | None, lane_groups: int | None, temperatures: bool = True
-                  ) -> tuple[list[bytes], CodingStats, str, int]:
+                  progress: Progress | None, lane_groups: int | None, temperatures: bool = True,
+                  corrections: bool = True) -> tuple[list[bytes], CodingStats, str, int]:
     """Codes the items by lane groups: (lane streams, per-item stats, kernel path, group count)."""
     requested = default_groups(model.device) if lane_groups is None else lane_groups
     if requested < 1:
         raise AribError(f"lane groups must be at least 1, got {requested}")
     groups = plan_groups(len(items), lanes, requested)
-    codecs = [_codec(model, mode, g.lanes, coder_threads(threads, groups), temperatures=temperatures)
+    codecs = [_codec(model, mode, g.lanes, coder_threads(threads, groups), temperatures=temperatures,
+                     corrections=corrections)
               for g in groups]
     parts = run_groups(lambda i, g, report: codecs[i].encode([items[j] for j in g.items], report, ids=g.items),
                        groups, model.device, progress)
@@ -252,7 +255,7 @@ def _encode_items(items: Sequence[np.ndarray], model: LoadedModel, mode: str, la
 
 
 def _codec(model: LoadedModel, mode: str, lanes: int, threads: int, kernel_path: str | None = None,
-           prob_code: str = WRITTEN_PROB_CODE, temperatures: bool = True) -> PlaneCodec:
+           prob_code: str = WRITTEN_PROB_CODE, temperatures: bool = True, corrections: bool = True) -> PlaneCodec:
     """The codec of ``mode``; the defaults are what the encoder writes, the decoder passes the file's."""
     if mode not in CODING_MODES:
         raise AribError(f"unknown coding mode {mode!r}; choose one of {', '.join(CODING_MODES)}")
@@ -260,11 +263,11 @@ def _codec(model: LoadedModel, mode: str, lanes: int, threads: int, kernel_path:
         if model.nets.sig.latent is not None:
             raise AribError(f"model {model.name!r} has a latent model: use mode 'single' or 'dataset'")
         return PlaneCodec(model.nets, model.cfg.pad_multiple, lanes, model.device, threads, kernel_path,
-                          prob_code=prob_code, temperatures=temperatures)
+                          prob_code=prob_code, temperatures=temperatures, corrections=corrections)
     if model.nets.sig.latent is None:
         raise AribError(f"model {model.name!r} has no latent model: only mode 'context' is available")
     return AribCodec(model.nets, model.cfg.pad_multiple, lanes, mode, model.device, threads, kernel_path,
-                     prob_code=prob_code, temperatures=temperatures)
+                     prob_code=prob_code, temperatures=temperatures, corrections=corrections)
 
 
 def numerics_probe_for(archive: Archive, model: LoadedModel) -> int:
@@ -273,10 +276,11 @@ def numerics_probe_for(archive: Archive, model: LoadedModel) -> int:
     (:func:`kernels.dispatch.coding_numerics`); run it with the file's thread count. The model
     is known by its weights file's hash: weights changed in memory need a cleared cache."""
     key = (model.weights_hash, str(model.device), archive.mode, archive.kernel_path, archive.prob_code,
-           archive.temperatures, torch.get_num_threads(), cpu_isa.active(), cpu_isa.aten_active())
+           archive.temperatures, archive.corrections, torch.get_num_threads(), cpu_isa.active(), cpu_isa.aten_active())
 
     def encode(item: np.ndarray) -> list[bytes]:
-        codec = _codec(model, archive.mode, 1, 1, archive.kernel_path, archive.prob_code, archive.temperatures)
+        codec = _codec(model, archive.mode, 1, 1, archive.kernel_path, archive.prob_code, archive.temperatures,
+                       archive.corrections)
         with dispatch.coding_numerics(model.device):
             streams, stats = codec.encode([item])
         return [*streams, *(np.ascontiguousarray(value).tobytes() for value in vars(stats).values())]
@@ -428,7 +432,7 @@ def _decode_items(archive: Archive, model: LoadedModel, refs: Sequence[tuple[_It
         raise ArchiveError(str(exc)) from None
     try:
         codecs = [_codec(model, archive.mode, g.lanes, coder_threads(threads, groups), kernel_path, archive.prob_code,
-                         archive.temperatures)
+                         archive.temperatures, archive.corrections)
                   for g in groups]
     except AribError as exc:
         raise ArchiveError(f"cannot decode this archive: {exc}") from None
@@ -563,6 +567,7 @@ def info(archive_path: str | Path) -> dict:
         "lane_groups": archive.extra.get(GROUPS_KEY, 1),
         "tile": archive.tile_size, "device": archive.device_kind, "kernels": archive.kernel_path,
         "probabilities": archive.prob_code, "temperatures": archive.temperatures,
+        "corrections": archive.corrections,
         "numerics_probe": _probe_text(archive.extra),
         "images": len(archive.images), "subpixels": subpixels,
         "bpd": size * 8 / subpixels if subpixels else 0.0,

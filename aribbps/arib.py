@@ -113,15 +113,17 @@ class AribCodec(PlaneCodec):
     Args:
         nets: SIG and INS networks; ``nets.sig.latent`` is the ladder VAE.
         multiple: H and W of every batch are multiples of this (>= 2**n_layers).
-        lanes, device, threads, kernel_path, overlap, prob_code, temperatures: as for
+        lanes, device, threads, kernel_path, overlap, prob_code, temperatures, corrections: as for
             :class:`aribbps.codec.PlaneCodec`.
         mode: "single" or "dataset".
     """
 
     def __init__(self, nets: PlaneNets, multiple: int, lanes: int, mode: str,
                  device: torch.device | str = "cpu", threads: int = 0, kernel_path: str | None = None,
-                 overlap: bool | None = None, prob_code: str = WRITTEN_PROB_CODE, temperatures: bool = True) -> None:
-        super().__init__(nets, multiple, lanes, device, threads, kernel_path, overlap, prob_code, temperatures)
+                 overlap: bool | None = None, prob_code: str = WRITTEN_PROB_CODE, temperatures: bool = True,
+                 corrections: bool = True) -> None:
+        super().__init__(nets, multiple, lanes, device, threads, kernel_path, overlap, prob_code, temperatures,
+                         corrections)
         if mode not in ARIB_MODES:
             raise ValueError(f"unknown ArIB mode {mode!r}; choose one of {', '.join(ARIB_MODES)}")
         if nets.sig.latent is None:

@@ -40,6 +40,7 @@ from aribbps.lane_seal import check_lane_seals, lane_seals
 from aribbps.models.bitplane_net import BitPlaneNet
 from aribbps.models.step_parts import StepPart, pattern_mask
 from aribbps.overlap import default_overlap, prefetched
+from aribbps.prob_correction import ProbCorrection
 from aribbps.probability import WRITTEN_PROB_CODE, bits_cost, probability_masses, select_probs7
 from aribbps.temperature import (
     NEUTRAL_SYMBOL, SYMBOLS, TEMPERATURE_BITS, candidate_costs, choose_symbols, scaled_probs7, temperatures,
@@ -225,6 +226,9 @@ class PlaneCodec:
             (:mod:`aribbps.overlap`; default: on CUDA only).
         temperatures: a temperature symbol per item and plane in the lanes
             (:mod:`aribbps.temperature`); the decoder passes the file's flag.
+        corrections: the coder's probabilities are corrected by what the
+            bits coded before taught (:mod:`aribbps.prob_correction`); the
+            decoder passes the file's flag.
 
     This class codes every plane from the plane and space contexts alone
     ("context" mode). Its building blocks (:meth:`plane_codes`,
@@ -235,7 +239,7 @@ class PlaneCodec:
 
     def __init__(self, nets: PlaneNets, multiple: int, lanes: int, device: torch.device | str = "cpu",
                  threads: int = 0, kernel_path: str | None = None, overlap: bool | None = None,
-                 prob_code: str = WRITTEN_PROB_CODE, temperatures: bool = True) -> None:
+                 prob_code: str = WRITTEN_PROB_CODE, temperatures: bool = True, corrections: bool = True) -> None:
         if lanes < 1:
             raise ValueError(f"lanes must be >= 1, got {lanes}")
         self.nets = nets
@@ -248,6 +252,7 @@ class PlaneCodec:
         self.kernel_path = kernel_path or dispatch.kernel_path(self.device)
         self.prob_code = prob_code
         self.temperatures = temperatures
+        self.corrections = corrections
         #: Encoder: compute the next round's network work while this round
         #: codes (:mod:`aribbps.overlap`); default on CUDA only.
         self.overlap = default_overlap(self.device) if overlap is None else overlap
@@ -295,6 +300,7 @@ class PlaneCodec:
 
         With temperatures, each item's symbol for a plane is the one that
         makes the plane cheapest, and its probabilities are requantised at it.
+        With corrections, the probabilities handed on are the corrected ones.
         """
         weight = torch.ones((rnd.size, 3, 1, 1), device=self.device)
         weight[~torch.from_numpy(rnd.rgb_lanes()).to(self.device), 1:] = 0  # R only for greyscale items
@@ -302,6 +308,7 @@ class PlaneCodec:
         valid_host = rnd.valid.cpu().to(torch.uint8)
         theoretical = torch.zeros(rnd.size, dtype=torch.float64, device=self.device)
         codes: list[PlaneCodes] = []
+        correction = ProbCorrection(rnd.size, self.prob_code) if self.corrections else None
         steps = teacher_forced_steps(self.nets, x, rnd.valid, latent, planes, self.kernel_path, self.prob_code)
         for k, plane_steps in groupby(steps, key=itemgetter(0)):
             plane = PlaneCodes([], None)
@@ -324,6 +331,11 @@ class PlaneCodec:
                 tau = temperatures(plane.symbols, self.device)
                 for step, logits in zip(plane.steps, logits_of_steps):
                     step.probs7 = dispatch.to_host(scaled_probs7(logits, tau, self.prob_code))
+            if correction is not None:
+                for step in plane.steps:  # decoding order: each stage corrected by the ones before it
+                    corrected = correction.corrected(k, step.probs7)
+                    correction.learn(k, step.probs7, step.bits, rnd.stage_mask(step.stage), rnd.rgb_lanes())
+                    step.probs7 = corrected
             codes.append(plane)
         stats.theoretical_bits[rnd.items] += theoretical.cpu().numpy()  # once per round
         return codes
@@ -426,6 +438,7 @@ class PlaneCodec:
         """
         valid = rnd.valid
         rgb = rnd.rgb_lanes()
+        correction = ProbCorrection(rnd.size, self.prob_code) if self.corrections else None
         for k in planes:
             tau = temperatures(self._pop_symbols(coder, rnd), self.device) if self.temperatures else None
             net = self.nets.net_for(k)
@@ -439,7 +452,12 @@ class PlaneCodec:
                                               self.kernel_path, self.prob_code, tau)
                 if not stage.refined:
                     head_logits = logits
-                step_bits = self._pop(coder, rnd, stage, dispatch.to_host(probs7), rgb)
+                host_probs7 = dispatch.to_host(probs7)
+                if correction is None:
+                    step_bits = self._pop(coder, rnd, stage, host_probs7, rgb)
+                else:
+                    step_bits = self._pop(coder, rnd, stage, correction.corrected(k, host_probs7), rgb)
+                    correction.learn(k, host_probs7, step_bits, rnd.stage_mask(stage), rgb)
                 pr, pc = step_positions(stage.s)
                 bits[:, :, pr::2, pc::2] |= torch.from_numpy(step_bits).to(self.device)
             x |= bits << (8 - k)

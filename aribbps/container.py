@@ -1,7 +1,7 @@
 """The ``.arib`` container: header, image records and lane streams, as bytes.
 
 This module knows bytes and plain Python values only: no tensors, no codec.
-The byte layout is specified in ``docs/format.md``. Version 3, which this
+The byte layout is specified in ``docs/format.md``. Version 4, which this
 module writes, in short (integers little-endian, ``varint`` = LEB128)::
 
     +----------+--------------------------------------------------------+
@@ -9,6 +9,7 @@ module writes, in short (integers little-endian, ``varint`` = LEB128)::
     +----------+--------------------------------------------------------+
     | header   | model id (first 8 bytes of the weights' sha256),       |
     | H bytes  | u8 flags (coding mode, device, kernels, metadata codec)|
+    |          | u8 features (probability corrections)                  |
     |          | varint images N, varint lanes L, varint metadata size, |
     |          | L x varint stream length, metadata (M bytes)           |
     +----------+--------------------------------------------------------+
@@ -17,7 +18,8 @@ module writes, in short (integers little-endian, ``varint`` = LEB128)::
     | u32 CRC32 of every byte before it                                 |
     +-------------------------------------------------------------------+
 
-Version 2 (still read) stored an 8-byte pixel checksum per image, the
+Version 3 (still read) was version 4 without the features byte. Version 2
+(also read) stored an 8-byte pixel checksum per image, the
 metadata codec in its own byte, the coding mode, device and kernels in three
 metadata bytes, and the codec's ``extra`` dicts as JSON. Version 3 checks the
 decoded pixels with lane seals instead (:mod:`aribbps.lane_seal`: 64 bits per
@@ -51,9 +53,9 @@ from .packed import pack_dict, read_dict, str_field as _str_field, varint as _va
 
 MAGIC = b"ARIB"
 #: The version this module writes.
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 #: The versions this module reads.
-READABLE_VERSIONS: tuple[int, ...] = (1, 2, 3)
+READABLE_VERSIONS: tuple[int, ...] = (1, 2, 3, 4)
 
 #: Enumerations stored as one byte: the code is the index in the tuple.
 CODING_MODES: tuple[str, ...] = ("context", "single", "dataset")
@@ -96,11 +98,14 @@ _META_STORED, _META_ZLIB = 0, 1
 #: Version 3's flags byte: bits 0-1 coding mode, 2 device kind, 3 kernel path,
 #: 4 metadata codec, 5 name from the file's (:attr:`Archive.name_from_file`),
 #: 6 probability code (:attr:`Archive.prob_code`), 7 temperature symbols in the
-#: lanes (:attr:`Archive.temperatures`). The byte is full: a further flag needs a
-#: new version.
+#: lanes (:attr:`Archive.temperatures`). The byte is full: version 4 adds a
+#: features byte after it, of which bit 0 is :attr:`Archive.corrections`; a reader
+#: refuses a file with a features bit it does not know.
 _V3_NAME_FROM_FILE = 1 << 5
 _V3_PROB_CODE_SHIFT = 6
 _V3_TEMPERATURES = 1 << 7
+_V4_CORRECTIONS = 1 << 0
+_V4_KNOWN_FEATURES = _V4_CORRECTIONS
 # Flag bit 6 is the coder's probability code (aribbps.coder.PROB_CODES, index 0 or 1);
 # version 1-2 files and version-3 files without the bit are "linear".
 #: What a name taken from the file's own name is called when there is none.
@@ -168,6 +173,9 @@ class Archive:
         temperatures: the lanes hold a temperature symbol per item and plane
             (:mod:`aribbps.temperature`; the codec writes them). False for
             every file written before them.
+        corrections: the coder's probabilities were corrected by the bits
+            coded before them (:mod:`aribbps.prob_correction`; the codec
+            writes them). False for every file before version 4.
     """
 
     model_name: str
@@ -184,6 +192,7 @@ class Archive:
     name_from_file: bool = False
     prob_code: str = "linear"
     temperatures: bool = False
+    corrections: bool = False
 
 
 def name_from_file(file_name: str | None, fmt: str) -> str | None:
@@ -332,7 +341,7 @@ def _encode_head(a: Archive, streams: list[bytes]) -> bytes:
     _check_archive(a)
     codec, meta_bytes = _packed_meta(a)
     header = b"".join([
-        bytes(a.model_hash[:MODEL_ID_SIZE]), bytes([_flags(a, codec)]),
+        bytes(a.model_hash[:MODEL_ID_SIZE]), bytes([_flags(a, codec), _V4_CORRECTIONS if a.corrections else 0]),
         _varint(len(a.images)), _varint(a.lanes), _varint(len(meta_bytes)),
         *(_varint(len(s)) for s in streams),
         meta_bytes,
@@ -558,7 +567,7 @@ def _split_streams(view: memoryview, offset: int, lengths: list[int]) -> list[by
 
 
 def decode_archive(data: bytes | bytearray | memoryview, file_name: str | None = None) -> Archive:
-    """Parse and verify an ``.arib`` file (version 1, 2 or 3) held in memory.
+    """Parse and verify an ``.arib`` file (version 1 to 4) held in memory.
 
     ``file_name``: the file's name, which names the image of a file written
     with :attr:`Archive.name_from_file` (default :data:`UNNAMED_STEM`).
@@ -584,9 +593,10 @@ def decode_archive(data: bytes | bytearray | memoryview, file_name: str | None =
 
 
 def _decode_varint_header(view: memoryview, version: int, file_name: str | None) -> Archive:
-    """Versions 2 and 3: the header is parsed (bounds-checked) to learn the file's
+    """Versions 2-4: the header is parsed (bounds-checked) to learn the file's
     size, then the whole-file CRC is verified before the metadata is decoded.
-    Version 3 has a flags byte where version 2 has its metadata codec byte."""
+    Version 3 has a flags byte where version 2 has its metadata codec byte;
+    version 4 a features byte after it."""
     size = len(view)
     if size < _V2_MIN_SIZE:
         raise ArchiveError(f"truncated: file has {size} bytes, an .arib file has at least {_V2_MIN_SIZE}")
@@ -599,6 +609,10 @@ def _decode_varint_header(view: memoryview, version: int, file_name: str | None)
     r = _Reader(view[header_start:header_end], "header")
     model_id = bytes(r.take(MODEL_ID_SIZE))
     flags = r.u8() if version >= 3 else None
+    features = r.u8() if version >= 4 else 0
+    if features & ~_V4_KNOWN_FEATURES:
+        raise ArchiveError(f"this file uses coding features this aribbps does not know (features byte "
+                           f"{features:#04x}): a newer aribbps wrote it")
     n_images, n_lanes = r.varint(), r.varint()
     meta_codec = r.u8() if flags is None else flags >> 4 & 1
     meta_size = r.varint()
@@ -613,7 +627,8 @@ def _decode_varint_header(view: memoryview, version: int, file_name: str | None)
         raise ArchiveError("corrupted: checksum mismatch")
     fields = _metadata(meta_blob, meta_codec, n_images, checksums, flags, file_name)
     return Archive(model_hash=model_id, lanes=n_lanes, sealed_lanes=flags is not None,
-                   lane_streams=_split_streams(view, header_end, lengths), **fields)
+                   lane_streams=_split_streams(view, header_end, lengths),
+                   corrections=bool(features & _V4_CORRECTIONS), **fields)
 
 
 def _decode_v1(view: memoryview) -> Archive:

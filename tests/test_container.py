@@ -66,7 +66,7 @@ def old_example_archive() -> Archive:
     return a
 
 
-def forge(*, version: int = 3, flags: int = 0, n_images: int = 0, n_lanes: int = 1,
+def forge(*, version: int = 4, flags: int = 0, features: int = 0, n_images: int = 0, n_lanes: int = 1,
           meta: bytes = b"", meta_codec: int = 0, meta_size: int | None = None,
           lanes: list[tuple[int, int]] | None = None, checksums: bytes = b"",
           header_size: int | None = None, tail: bytes = b"") -> bytes:
@@ -74,7 +74,8 @@ def forge(*, version: int = 3, flags: int = 0, n_images: int = 0, n_lanes: int =
 
     ``lanes``: (stream length, stream CRC) per lane; versions 2-3 have no
     lane CRC. ``tail``: the stream bytes. ``flags``: version 1's u16, or
-    version 3's flags byte (``meta_codec`` is then its bit 4).
+    version 3-4's flags byte (``meta_codec`` is then its bit 4). ``features``:
+    version 4's features byte.
     ``checksums``: versions 1-2 only.
     """
     lanes = [(0, 0)] * n_lanes if lanes is None else lanes
@@ -89,7 +90,8 @@ def forge(*, version: int = 3, flags: int = 0, n_images: int = 0, n_lanes: int =
         header = (HASH_A[:C.MODEL_ID_SIZE] + C._varint(n_images) + C._varint(n_lanes) + bytes([meta_codec])
                   + C._varint(msize) + b"".join(C._varint(n) for n, _ in lanes) + checksums + meta)
     else:
-        header = (HASH_A[:C.MODEL_ID_SIZE] + bytes([flags | meta_codec << 4]) + C._varint(n_images)
+        header = (HASH_A[:C.MODEL_ID_SIZE] + bytes([flags | meta_codec << 4])
+                  + (bytes([features]) if version >= 4 else b"") + C._varint(n_images)
                   + C._varint(n_lanes) + C._varint(msize) + b"".join(C._varint(n) for n, _ in lanes) + meta)
     size = len(header) if header_size is None else header_size
     body = struct.pack("<4sH", b"ARIB", version) + C._varint(size) + header + tail
@@ -220,7 +222,7 @@ def test_error_messages() -> None:
     bad = bytearray(data)
     bad[4:6] = struct.pack("<H", 7)
     expect_archive_error(bytes(bad),
-                         r"^unsupported format version 7 \(this aribbps reads versions 1, 2, 3\)$")
+                         r"^unsupported format version 7 \(this aribbps reads versions 1, 2, 3, 4\)$")
 
 
 @settings(max_examples=300, deadline=None)
@@ -359,6 +361,39 @@ def test_temperatures_round_trip_in_flag_bit_7() -> None:
     assert data[15] == plain[15] | 0x80 and len(data) == len(plain)
     assert decode_archive(data) == a
     assert not decode_archive(_docs_hex_dump("<!-- example-hexdump-v2 -->")).temperatures
+
+
+def test_corrections_round_trip_in_features_bit_0() -> None:
+    """Version 4's features byte follows the flags; older files code without corrections."""
+    a = small_archive(1, 1)
+    plain = encode_archive(a)
+    a.corrections = True
+    data = encode_archive(a)
+    assert plain[16] == 0 and data[16] == 0x01 and len(data) == len(plain)
+    assert decode_archive(data) == a
+    for marker in ("<!-- example-hexdump-v3 -->", "<!-- example-hexdump-v2 -->"):
+        assert not decode_archive(_docs_hex_dump(marker)).corrections
+
+
+def test_an_unknown_features_bit_is_refused() -> None:
+    meta = meta_v3([])
+    assert decode_archive(forge(flags=0x01, features=0x01, meta=meta)).corrections
+    for bit in range(1, 8):
+        expect_archive_error(forge(flags=0x01, features=1 << bit, meta=meta),
+                             "coding features this aribbps does not know")
+    assert not decode_archive(forge(version=3, flags=0x01, meta=meta)).corrections
+
+
+def test_version_3_files_are_still_read() -> None:
+    """The version-3 example of docs/format.md: the version-4 example without the features byte."""
+    old = _docs_hex_dump("<!-- example-hexdump-v3 -->")
+    assert old[4:6] == b"\x03\x00"
+    expected = example_archive()
+    expected.model_hash = expected.model_hash[:C.MODEL_ID_SIZE]
+    assert decode_archive(old) == expected
+    for n in range(len(old)):
+        with pytest.raises(ArchiveError):
+            decode_archive(old[:n])
 
 
 def test_the_probability_code_round_trips_in_flag_bit_6() -> None:
@@ -597,7 +632,7 @@ def test_every_model_config_has_a_one_byte_name_code() -> None:
     assert len(set(C.MODEL_NAMES)) == len(C.MODEL_NAMES)
     a = example_archive()
     a.model_name = "medium-split2"
-    meta = encode_archive(a)[7 + 8 + 5:]
+    meta = encode_archive(a)[7 + 8 + 6:]
     assert meta[1] == C.MODEL_NAMES.index("medium-split2") + 1
     assert decode_archive(encode_archive(a)).model_name == "medium-split2"
 

@@ -1,4 +1,4 @@
-"""bench/temperature_gain.py on a tiny model: round trips and the granularity bookkeeping."""
+"""bench/feature_gain.py on a tiny model: round trips and the granularity bookkeeping."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,7 +11,7 @@ from aribbps import api, zoo
 from tests.conftest import load_script, make_model_file, smooth_images
 
 ROOT = Path(__file__).resolve().parents[1]
-gain = load_script("temperature_gain", ROOT / "bench" / "temperature_gain.py")
+gain = load_script("feature_gain", ROOT / "bench" / "feature_gain.py")
 
 
 @pytest.fixture(scope="module")
@@ -24,11 +24,14 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[zoo.LoadedModel, li
     return model, api.load_images(api.batch_inputs(root))
 
 
+@pytest.mark.parametrize("feature", ["temperatures", "corrections"])
 @pytest.mark.parametrize("mode", ["single", "dataset"])
-def test_both_settings_round_trip(setup, mode: str) -> None:
+def test_both_settings_round_trip(setup, mode: str, feature: str) -> None:
     model, images = setup
-    (off, t_off), (on, t_on) = (gain.coded(images, model, mode, t) for t in (False, True))
-    assert 0 < on and 0 < off and t_on > 0 and t_off > 0
+    (off, *t_off), (on, *t_on) = (gain.coded(images, model, mode, feature, t) for t in (False, True))
+    assert 0 < on and 0 < off and min(t_on) > 0 and min(t_off) > 0
+    with pytest.raises(ValueError, match="feature must be one of"):
+        gain.coded(images, model, mode, "dithering", True)
 
 
 def test_granularity_starts_from_the_models_own_plane_cost(setup) -> None:

@@ -1,0 +1,103 @@
+"""Adaptive correction of the coder's probabilities, learnt from the bits already coded.
+
+The model is calibrated on its training photos; on an image it has never
+seen its probabilities are off in ways that repeat across the image (a plane
+holding more ones than the model expects, a band of confidence that is too
+sure). Per-plane temperatures (:mod:`aribbps.temperature`) only rescale the
+logits; this corrects what they cannot, at no side cost: both ends learn the
+same correction from the bits coded so far.
+
+Per item, every coded bit falls into a *cell*: its plane, which of the seven
+probability columns coded it (``aribbps.probability``: ``r``, ``g|r``,
+``b|rg``) and the band of its probability byte ``q`` (``q >> BAND_SHIFT``,
+16 bands of 1 in the logit each with the logit code). A cell keeps the count
+``n`` of its bits and the sum ``e`` of ``bit * 2^16 - P(q)`` (P in 1/2^16).
+A bit is then coded with ``P(q) + floor(e / (n + PRIOR_COUNT))`` clamped to the
+code's range, requantised to the nearest byte of the code: the cell's mean
+error, shrunk towards 0 while the cell has seen few bits.
+
+A correction covers the planes of one network call on one round (the SIG
+planes or the INS planes, :mod:`aribbps.arib`; all 8 planes in context mode)
+and starts from zero for each; within it, the cells learn stage by stage:
+a stage is coded with what the stages before it taught. So the encoder, which
+knows every bit, and the decoder, which learns them stage by stage, compute
+the same bytes. Integer arithmetic only: the same on every machine.
+
+Measured on held-out patches with the shipped model (stage-wise learning as
+here): 1.5% fewer bits on 32x32, 0.6% on 64x64 and 0.7% on 256x256 crops
+(``bench/correction_gain.py``).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from aribbps.probability import probability_masses
+
+#: q >> BAND_SHIFT is a bit's band: 16 bands of the bytes 1..255.
+BAND_SHIFT = 4
+BANDS = 256 >> BAND_SHIFT
+#: Probability columns per pixel (aribbps.probability, "Contract").
+COLUMNS = 7
+PLANES = 8
+#: Pseudo-counts of zero error every cell starts with.
+PRIOR_COUNT = 128
+
+
+class ProbCorrection:
+    """The cells of ``items`` items (one round's lanes) for one network call.
+
+    Args:
+        items: items in the round.
+        prob_code: the file's probability code (what the bytes mean).
+    """
+
+    def __init__(self, items: int, prob_code: str) -> None:
+        precision, one = probability_masses(prob_code)
+        self._one = one.astype(np.int64)
+        self._full = 1 << precision
+        self._low, self._high = int(self._one[1]), int(self._one[255])
+        # Between consecutive bytes' masses: searchsorted over them gives the nearest byte.
+        self._midpoints = (self._one[1:255] + self._one[2:256]) // 2
+        self.count = np.zeros((items, PLANES * COLUMNS * BANDS), np.int64)
+        self.error = np.zeros((items, PLANES * COLUMNS * BANDS), np.int64)
+
+    def _cells(self, k: int, columns: np.ndarray, q: np.ndarray) -> np.ndarray:
+        return ((k - 1) * COLUMNS + columns) * BANDS + (q >> BAND_SHIFT)
+
+    def corrected(self, k: int, probs7: np.ndarray) -> np.ndarray:
+        """Plane ``k``'s probabilities of the next stage, ``(n, Q, 7)`` uint8, corrected (same shape)."""
+        if not 1 <= k <= PLANES:
+            raise ValueError(f"plane must lie in 1..{PLANES}, got {k}")
+        n = len(probs7)
+        if n != len(self.count):
+            raise ValueError(f"expected probabilities of {len(self.count)} items, got {n}")
+        # Every (item, column, byte) once: a (n, 7, 256) table of corrected bytes, then one lookup.
+        start = (k - 1) * COLUMNS * BANDS
+        cells = slice(start, start + COLUMNS * BANDS)
+        shift = (self.error[:, cells] // (self.count[:, cells] + PRIOR_COUNT)).reshape(n, COLUMNS, BANDS)
+        p = self._one[None, None, :] + np.repeat(shift, 1 << BAND_SHIFT, axis=2)
+        table = (1 + np.searchsorted(self._midpoints, np.clip(p, self._low, self._high))).astype(np.uint8)
+        index = probs7.astype(np.intp) + (np.arange(n * COLUMNS) * 256).reshape(n, 1, COLUMNS)
+        return table.reshape(-1)[index]
+
+    def learn(self, k: int, probs7: np.ndarray, bits: np.ndarray, coded: np.ndarray, rgb: np.ndarray) -> None:
+        """Adds one stage's coded bits of plane ``k`` to the cells.
+
+        Args:
+            probs7: the stage's uncorrected probabilities, (n, Q, 7) uint8.
+            bits: its bits, (n, 3, Q) or (n, 3, h, w) with h*w = Q, 0/1.
+            coded: (n, Q) bool, the positions the stage coded.
+            rgb: (n,) bool: False for items of which only R is coded.
+        """
+        n, positions, _ = probs7.shape
+        b = bits.reshape(n, 3, positions).astype(np.int64)
+        r, g = b[:, 0], b[:, 1]
+        columns = np.stack((np.zeros_like(r), 1 + r, 3 + 2 * r + g), axis=1)  # (n, 3, Q)
+        q = np.take_along_axis(probs7.astype(np.int64).transpose(0, 2, 1), columns, axis=1)
+        weight = coded[:, None, :] & np.where(np.asarray(rgb)[:, None], True, np.arange(3) == 0)[:, :, None]
+        size = self.count.shape[1]
+        flat = (self._cells(k, columns, q) + size * np.arange(n)[:, None, None])[weight]
+        error = (b * self._full - self._one[q])[weight]
+        # Float sums of integers below 2^53 are exact: a stage adds at most 2^16 per bit.
+        self.count += np.bincount(flat, minlength=n * size).reshape(n, size)
+        self.error += np.bincount(flat, weights=error, minlength=n * size).astype(np.int64).reshape(n, size)
