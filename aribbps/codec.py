@@ -117,6 +117,7 @@ class _Round:
     width: int
     valid: Tensor  # (n, 1, H, W) bool
     step_masks: list[np.ndarray] = field(default_factory=list)  # per step: (n, H/2*W/2) bool
+    _stage_masks: dict[Stage, np.ndarray] = field(default_factory=dict)
 
     @property
     def size(self) -> int:
@@ -126,10 +127,14 @@ class _Round:
         return np.array([c == 3 for c, _, _ in self.shapes])
 
     def stage_mask(self, stage: Stage) -> np.ndarray:
-        """(n, H/2*W/2) bool: the valid positions ``stage`` codes, quarter grid row-major."""
-        mask = self.step_masks[stage.s - 1]
-        part = stage.mask(self.height // 2, self.width // 2)
-        return mask if part is None else mask & part.numpy().reshape(1, -1)
+        """(n, H/2*W/2) bool: the valid positions ``stage`` codes, quarter grid row-major (read-only)."""
+        if stage not in self._stage_masks:
+            mask = self.step_masks[stage.s - 1]
+            part = stage.mask(self.height // 2, self.width // 2)
+            mask = mask if part is None else mask & part.numpy().reshape(1, -1)
+            mask.flags.writeable = False  # shared by every caller
+            self._stage_masks[stage] = mask
+        return self._stage_masks[stage]
 
 
 def plan_rounds(shapes: Sequence[ItemShape], lanes: int, multiple: int, device: torch.device) -> Iterator[_Round]:
