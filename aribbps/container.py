@@ -312,6 +312,9 @@ def _check_archive(a: Archive) -> None:
         raise ValueError(f"tile_size must be an int in 0..{MAX_SIDE}, got {a.tile_size!r}")
     if not isinstance(a.lanes, int) or not 1 <= a.lanes <= MAX_LANES:
         raise ValueError(f"lanes must be an int in 1..{MAX_LANES}, got {a.lanes!r}")
+    for flag in ("temperatures", "corrections", "name_from_file"):
+        if not isinstance(getattr(a, flag), bool):
+            raise ValueError(f"{flag} must be a bool, got {getattr(a, flag)!r}")
     if a.sealed_lanes is not True:
         raise ValueError(f"version {FORMAT_VERSION} holds sealed lane streams only (aribbps.lane_seal); "
                          "this archive's streams are unsealed")
@@ -610,9 +613,6 @@ def _decode_varint_header(view: memoryview, version: int, file_name: str | None)
     model_id = bytes(r.take(MODEL_ID_SIZE))
     flags = r.u8() if version >= 3 else None
     features = r.u8() if version >= 4 else 0
-    if features & ~_V4_KNOWN_FEATURES:
-        raise ArchiveError(f"this file uses coding features this aribbps does not know (features byte "
-                           f"{features:#04x}): a newer aribbps wrote it")
     n_images, n_lanes = r.varint(), r.varint()
     meta_codec = r.u8() if flags is None else flags >> 4 & 1
     meta_size = r.varint()
@@ -625,6 +625,9 @@ def _decode_varint_header(view: memoryview, version: int, file_name: str | None)
     (crc,) = _CRC.unpack(view[size - _CRC.size:])
     if zlib.crc32(view[:size - _CRC.size]) != crc:
         raise ArchiveError("corrupted: checksum mismatch")
+    if features & ~_V4_KNOWN_FEATURES:  # after the CRC: a damaged byte is damage, not a newer writer
+        raise ArchiveError(f"this file uses coding features this aribbps does not know (features byte "
+                           f"{features:#04x}): a newer aribbps wrote it")
     fields = _metadata(meta_blob, meta_codec, n_images, checksums, flags, file_name)
     return Archive(model_hash=model_id, lanes=n_lanes, sealed_lanes=flags is not None,
                    lane_streams=_split_streams(view, header_end, lengths),

@@ -11,10 +11,11 @@ Per item, every coded bit falls into a *cell*: its plane, which of the seven
 probability columns coded it (``aribbps.probability``: ``r``, ``g|r``,
 ``b|rg``) and the band of its probability byte ``q`` (``q >> BAND_SHIFT``,
 16 bands of 1 in the logit each with the logit code). A cell keeps the count
-``n`` of its bits and the sum ``e`` of ``bit * 2^16 - P(q)`` (P in 1/2^16).
-A bit is then coded with ``P(q) + floor(e / (n + PRIOR_COUNT))`` clamped to the
-code's range, requantised to the nearest byte of the code: the cell's mean
-error, shrunk towards 0 while the cell has seen few bits.
+``n`` of its bits and the sum ``e`` of ``bit * 2^16 - P(q)``, with ``P(q)``
+the code's mass of a 1 in units of 1/2^16 (``one[q] << (16 - bits)``). A bit is
+then coded with the byte whose ``P`` is nearest to
+``P(q) + floor(e / (n + PRIOR_COUNT))`` clamped to ``[P(1), P(255)]``: the
+cell's mean error, shrunk towards 0 while the cell has seen few bits.
 
 A correction covers the planes of one network call on one round (the SIG
 planes or the INS planes, :mod:`aribbps.arib`; all 8 planes in context mode)
@@ -23,9 +24,9 @@ a stage is coded with what the stages before it taught. So the encoder, which
 knows every bit, and the decoder, which learns them stage by stage, compute
 the same bytes. Integer arithmetic only: the same on every machine.
 
-Measured on held-out patches with the shipped model (stage-wise learning as
-here): 1.5% fewer bits on 32x32, 0.6% on 64x64 and 0.7% on 256x256 crops
-(``bench/correction_gain.py``).
+Measured on held-out photos with the shipped model: 0.2-0.3% fewer bits on
+32x32 patches, 0.3-0.4% on 64x64 and 0.6% on 256x256 crops
+(``bench/feature_gain.py --feature corrections``, docs/default_model.md).
 """
 from __future__ import annotations
 
@@ -43,16 +44,19 @@ COLUMNS = 7
 PLANES = 8
 #: Pseudo-counts of zero error every cell starts with.
 PRIOR_COUNT = 128
+#: Masses are compared in units of 1/2^MASS_BITS, whatever the code's precision.
+MASS_BITS = 16
 
 
 @functools.lru_cache(maxsize=None)
 def _nearest_bytes(prob_code: str) -> tuple[np.ndarray, np.ndarray]:
-    """``(one, nearest)``: the code's masses as int64, and for every mass 0..2^16 - 1 the byte whose
-    mass is nearest (the lower one on a tie), which clamps to bytes 1..255 as well (read-only)."""
-    _, one = probability_masses(prob_code)
-    one = one.astype(np.int64)
+    """``(mass, nearest)``: the code's masses of a 1 in 1/2^16 as int64, and for every mass
+    0..2^16 - 1 the byte whose mass is nearest (the lower one on a tie), which clamps to bytes
+    1..255 as well (read-only)."""
+    bits, one = probability_masses(prob_code)
+    one = one.astype(np.int64) << (MASS_BITS - bits)
     midpoints = (one[1:255] + one[2:256]) // 2
-    nearest = (1 + np.searchsorted(midpoints, np.arange(1 << 16))).astype(np.uint8)
+    nearest = (1 + np.searchsorted(midpoints, np.arange(1 << MASS_BITS))).astype(np.uint8)
     one.flags.writeable = nearest.flags.writeable = False
     return one, nearest
 
@@ -66,9 +70,8 @@ class ProbCorrection:
     """
 
     def __init__(self, items: int, prob_code: str) -> None:
-        precision, _ = probability_masses(prob_code)
         self._one, self._nearest = _nearest_bytes(prob_code)
-        self._full = 1 << precision
+        self._full = 1 << MASS_BITS
         self.count = np.zeros((items, PLANES * COLUMNS * BANDS), np.int64)
         self.error = np.zeros((items, PLANES * COLUMNS * BANDS), np.int64)
 

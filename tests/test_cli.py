@@ -321,6 +321,7 @@ def test_info(tmp_path: Path, model_file: Path, capsys: pytest.CaptureFixture[st
     summary = json.loads(capsys.readouterr().out)
     assert summary["images"] == 3 and summary["model"] == "tiny-context" and summary["mode"] == "context"
     assert summary["probabilities"] == "logit" and summary["temperatures"] is True
+    assert summary["corrections"] is True
     assert decode_archive(arib.read_bytes()).lanes == summary["lanes"]
     assert main(["info", str(arib)]) == EXIT_OK
     assert f"numerics_probe {summary['numerics_probe']}" in capsys.readouterr().out

@@ -382,6 +382,9 @@ def test_an_unknown_features_bit_is_refused() -> None:
         expect_archive_error(forge(flags=0x01, features=1 << bit, meta=meta),
                              "coding features this aribbps does not know")
     assert not decode_archive(forge(version=3, flags=0x01, meta=meta)).corrections
+    damaged = bytearray(encode_archive(small_archive(1, 1)))
+    damaged[16] ^= 0x80  # the features byte of a real file: the CRC speaks first
+    expect_archive_error(bytes(damaged), "^corrupted: checksum mismatch$")
 
 
 def test_version_3_files_are_still_read() -> None:

@@ -381,7 +381,7 @@ def test_tiny_model_learns_real_patches_and_codes_them_as_validated(
     # the same posterior: at most 2% above it. The coder's temperatures and
     # probability corrections recalibrate this briefly trained model to the
     # held-out patches, which takes the streams below it (2.5% here).
-    assert 0.9 * valid_bpsp <= stream_bpd <= 1.02 * valid_bpsp
+    assert 0.95 * valid_bpsp <= stream_bpd <= 1.02 * valid_bpsp
     assert actual_bpd <= 1.02 * valid_bpsp + overhead_bpd
 
 

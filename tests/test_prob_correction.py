@@ -9,15 +9,19 @@ from aribbps.arib import AribCodec
 from aribbps.codec import PlaneCodec, PlaneNets
 from aribbps.config import get_config
 from aribbps.lane_seal import LaneSealError
-from aribbps.prob_correction import BAND_SHIFT, COLUMNS, PRIOR_COUNT, ProbCorrection
+from aribbps import api
+from aribbps.container import decode_archive
+from aribbps.imageio import LoadedImage
+from aribbps.prob_correction import BAND_SHIFT, COLUMNS, PRIOR_COUNT, ProbCorrection, _nearest_bytes
+from aribbps.zoo import load
 from aribbps.probability import probability_masses, quantised_bits_cost
 from tests.conftest import perturbed_nets, smooth_images
 
 
 def corrected_ref(correction: ProbCorrection, k: int, probs7: np.ndarray, prob_code: str) -> np.ndarray:
     """Value by value, as docs/format.md states it: the nearest byte, the lower one on a tie."""
-    _, one = probability_masses(prob_code)
-    one = one.astype(np.int64)
+    bits, one = probability_masses(prob_code)
+    one = one.astype(np.int64) << (16 - bits)  # masses in 1/2^16 whatever the code
     out = np.empty_like(probs7)
     for j, pos, col in np.ndindex(*probs7.shape):
         q = int(probs7[j, pos, col])
@@ -34,6 +38,9 @@ def test_before_any_bit_the_bytes_pass_unchanged(prob_code: str) -> None:
     probs7 = np.arange(1, 256, dtype=np.uint8)[:252].reshape(2, 18, 7)
     for k in (1, 8):
         np.testing.assert_array_equal(ProbCorrection(2, prob_code).corrected(k, probs7), probs7)
+    mass, nearest = _nearest_bytes(prob_code)  # a zero correction maps every byte to itself
+    np.testing.assert_array_equal(nearest[mass[1:]], np.arange(1, 256))
+    assert nearest[0] == 1 and nearest[-1] == 255
 
 
 @pytest.mark.parametrize("prob_code", ["logit", "linear"])
@@ -52,7 +59,7 @@ def test_corrected_bytes_follow_the_stated_formula(prob_code: str) -> None:
 def test_learn_counts_the_coded_bits_in_their_cells() -> None:
     """Cells by plane, the column the bit was coded with and the band; R only for greyscale items."""
     correction = ProbCorrection(2, "logit")
-    _, one = probability_masses("logit")
+    _, one = probability_masses("logit")  # 16-bit already
     probs7 = np.full((2, 2, 7), 128, np.uint8)
     probs7[:, :, 2] = 200  # g given r = 1
     bits = np.array([[[1, 0], [1, 1], [0, 0]], [[1, 1], [1, 1], [1, 1]]], np.uint8)  # (n, 3, Q)
@@ -143,3 +150,15 @@ def test_arib_modes_round_trip_with_corrections(mode: str) -> None:
         [i.shape for i in items], streams, stats.qp.tolist(), stats.padding_words.tolist())
     for got, want in zip(decoded, items):
         np.testing.assert_array_equal(got, want)
+
+
+def test_the_writer_stores_the_corrections_and_both_settings_decode(model_file) -> None:
+    model = load(model_file)
+    pixels = smooth_images(2, 20, seed=8).numpy().transpose(0, 2, 3, 1)
+    images = [LoadedImage(f"im{i}.png", "PNG", "RGB", np.ascontiguousarray(p)) for i, p in enumerate(pixels)]
+    for corrections in (True, False):
+        kwargs = {} if corrections else {"corrections": False}
+        archive = decode_archive(api.encode_images(images, model, **kwargs).data)
+        assert archive.corrections is corrections
+        for got, image in zip(api.decode_archive_images(archive, model), images):
+            np.testing.assert_array_equal(got.pixels, image.pixels)
