@@ -202,16 +202,17 @@ def encode_images(images: Sequence[LoadedImage], model: LoadedModel, lanes: int 
     # A lane without items would still cost its table entry and coder flush (~30 bytes).
     lanes = min(lanes, len(items))
     mode = mode or default_mode(model, len(items))
-    with dispatch.coding_numerics(model.device):
+    native_conv = model.device.type == "cpu"  # portable CPU numerics (aribbps.cpu_isa)
+    with dispatch.coding_numerics(model.device, native_conv):
         streams, stats, kernel_path, n_groups = _encode_items(items, model, mode, lanes, threads, progress,
                                                               lane_groups, temperatures, corrections)
     archive = Archive(model.name, model.weights_hash, mode, lanes, tile, model.device.type, kernel_path,
                       records, streams, name_from_file=name_from_file, prob_code=WRITTEN_PROB_CODE,
-                      temperatures=temperatures, corrections=corrections)
+                      temperatures=temperatures, corrections=corrections, native_conv=native_conv)
     if n_groups > 1:
         archive.extra[GROUPS_KEY] = n_groups
     cpu_threads.record(archive.extra, model.device.type)
-    cpu_isa.record(archive.extra, model.device.type)
+    cpu_isa.record(archive.extra, model.device.type, native_conv)
     archive.extra[numerics_probe.EXTRA_KEY] = numerics_probe_for(archive, model)
     if isinstance(stats, AribStats):
         _record_side_info(archive, refs, stats)
@@ -271,17 +272,18 @@ def _codec(model: LoadedModel, mode: str, lanes: int, threads: int, kernel_path:
 
 
 def numerics_probe_for(archive: Archive, model: LoadedModel) -> int:
-    """The probe this process writes for files of this archive's model, mode, kernel path and
-    probability code (:mod:`aribbps.numerics_probe`), under the coding numerics of the device
+    """The probe this process writes for files of this archive's model, mode, kernel path,
+    probability code and features (:mod:`aribbps.numerics_probe`), under the file's coding numerics
     (:func:`kernels.dispatch.coding_numerics`); run it with the file's thread count. The model
     is known by its weights file's hash: weights changed in memory need a cleared cache."""
     key = (model.weights_hash, str(model.device), archive.mode, archive.kernel_path, archive.prob_code,
-           archive.temperatures, archive.corrections, torch.get_num_threads(), cpu_isa.active(), cpu_isa.aten_active())
+           archive.temperatures, archive.corrections, archive.native_conv, torch.get_num_threads(),
+           cpu_isa.active(), cpu_isa.aten_active(), cpu_isa.mkl_active())
 
     def encode(item: np.ndarray) -> list[bytes]:
         codec = _codec(model, archive.mode, 1, 1, archive.kernel_path, archive.prob_code, archive.temperatures,
                        archive.corrections)
-        with dispatch.coding_numerics(model.device):
+        with dispatch.coding_numerics(model.device, archive.native_conv):
             streams, stats = codec.encode([item])
         return [*streams, *(np.ascontiguousarray(value).tobytes() for value in vars(stats).values())]
     return numerics_probe.fingerprint(encode, key)
@@ -416,8 +418,9 @@ def decode_archive_images(archive: Archive, model: LoadedModel, threads: int = 0
     except dispatch.KernelPathError as exc:
         raise ArchiveError(str(exc)) from None
     cpu_isa.check(archive.extra, archive.device_kind, pinned_file=archive.temperatures,
-                  aten_pinned_file=numerics_probe.EXTRA_KEY in archive.extra)
-    with cpu_threads.matching(archive.extra, archive.device_kind), dispatch.coding_numerics(model.device):
+                  aten_pinned_file=numerics_probe.EXTRA_KEY in archive.extra, native_conv=archive.native_conv)
+    with (cpu_threads.matching(archive.extra, archive.device_kind),
+          dispatch.coding_numerics(model.device, archive.native_conv)):
         items = _decode_items(archive, model, refs, threads, path, progress)
     return _assemble(archive, refs, items)
 
@@ -567,7 +570,7 @@ def info(archive_path: str | Path) -> dict:
         "lane_groups": archive.extra.get(GROUPS_KEY, 1),
         "tile": archive.tile_size, "device": archive.device_kind, "kernels": archive.kernel_path,
         "probabilities": archive.prob_code, "temperatures": archive.temperatures,
-        "corrections": archive.corrections,
+        "corrections": archive.corrections, "native_conv": archive.native_conv,
         "numerics_probe": _probe_text(archive.extra),
         "images": len(archive.images), "subpixels": subpixels,
         "bpd": size * 8 / subpixels if subpixels else 0.0,

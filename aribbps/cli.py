@@ -158,7 +158,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=2))
         return EXIT_OK
     for key in ("file", "bytes", "model", "weights", "mode", "lanes", "lane_groups", "tile", "device", "kernels",
-                "probabilities", "temperatures", "corrections", "numerics_probe", "images"):
+                "probabilities", "temperatures", "corrections", "native_conv",
+                "numerics_probe", "images"):
         print(f"{key:14s} {summary[key]}")
     print(f"{'bpd':14s} {summary['bpd']:.4f}")
     for r in summary["records"][:20]:

@@ -9,7 +9,7 @@ module writes, in short (integers little-endian, ``varint`` = LEB128)::
     +----------+--------------------------------------------------------+
     | header   | model id (first 8 bytes of the weights' sha256),       |
     | H bytes  | u8 flags (coding mode, device, kernels, metadata codec)|
-    |          | u8 features (probability corrections)                  |
+    |          | u8 features (probability corrections, CPU convolutions)|
     |          | varint images N, varint lanes L, varint metadata size, |
     |          | L x varint stream length, metadata (M bytes)           |
     +----------+--------------------------------------------------------+
@@ -99,13 +99,14 @@ _META_STORED, _META_ZLIB = 0, 1
 #: 4 metadata codec, 5 name from the file's (:attr:`Archive.name_from_file`),
 #: 6 probability code (:attr:`Archive.prob_code`), 7 temperature symbols in the
 #: lanes (:attr:`Archive.temperatures`). The byte is full: version 4 adds a
-#: features byte after it, of which bit 0 is :attr:`Archive.corrections`; a reader
-#: refuses a file with a features bit it does not know.
+#: features byte after it, bit 0 :attr:`Archive.corrections`, bit 1
+#: :attr:`Archive.native_conv`; a reader refuses a file with a features bit it does not know.
 _V3_NAME_FROM_FILE = 1 << 5
 _V3_PROB_CODE_SHIFT = 6
 _V3_TEMPERATURES = 1 << 7
 _V4_CORRECTIONS = 1 << 0
-_V4_KNOWN_FEATURES = _V4_CORRECTIONS
+_V4_NATIVE_CONV = 1 << 1
+_V4_KNOWN_FEATURES = _V4_CORRECTIONS | _V4_NATIVE_CONV
 # Flag bit 6 is the coder's probability code (aribbps.coder.PROB_CODES, index 0 or 1);
 # version 1-2 files and version-3 files without the bit are "linear".
 #: What a name taken from the file's own name is called when there is none.
@@ -176,6 +177,11 @@ class Archive:
         corrections: the coder's probabilities were corrected by the bits
             coded before them (:mod:`aribbps.prob_correction`; the codec
             writes them). False for every file before version 4.
+        native_conv: a CPU file whose networks ran without oneDNN, the
+            convolutions in torch's own code with MKL in its reproducible
+            mode (:func:`kernels.dispatch.coding_numerics`,
+            :mod:`aribbps.cpu_isa`; the codec writes CPU files so). False
+            for every file before, and for CUDA files.
     """
 
     model_name: str
@@ -193,6 +199,7 @@ class Archive:
     prob_code: str = "linear"
     temperatures: bool = False
     corrections: bool = False
+    native_conv: bool = False
 
 
 def name_from_file(file_name: str | None, fmt: str) -> str | None:
@@ -303,6 +310,11 @@ def _flags(a: Archive, meta_codec: int) -> int:
             | (_V3_TEMPERATURES if a.temperatures else 0))
 
 
+def _features(a: Archive) -> int:
+    """The version-4 features byte: probability corrections, CPU convolutions without oneDNN."""
+    return (_V4_CORRECTIONS if a.corrections else 0) | (_V4_NATIVE_CONV if a.native_conv else 0)
+
+
 def _check_archive(a: Archive) -> None:
     _check_short_str(a.model_name, "model_name")
     if not isinstance(a.model_hash, (bytes, bytearray)) or len(a.model_hash) not in (HASH_SIZE, MODEL_ID_SIZE):
@@ -312,7 +324,7 @@ def _check_archive(a: Archive) -> None:
         raise ValueError(f"tile_size must be an int in 0..{MAX_SIDE}, got {a.tile_size!r}")
     if not isinstance(a.lanes, int) or not 1 <= a.lanes <= MAX_LANES:
         raise ValueError(f"lanes must be an int in 1..{MAX_LANES}, got {a.lanes!r}")
-    for flag in ("temperatures", "corrections", "name_from_file"):
+    for flag in ("temperatures", "corrections", "native_conv", "name_from_file"):
         if not isinstance(getattr(a, flag), bool):
             raise ValueError(f"{flag} must be a bool, got {getattr(a, flag)!r}")
     if a.sealed_lanes is not True:
@@ -344,7 +356,7 @@ def _encode_head(a: Archive, streams: list[bytes]) -> bytes:
     _check_archive(a)
     codec, meta_bytes = _packed_meta(a)
     header = b"".join([
-        bytes(a.model_hash[:MODEL_ID_SIZE]), bytes([_flags(a, codec), _V4_CORRECTIONS if a.corrections else 0]),
+        bytes(a.model_hash[:MODEL_ID_SIZE]), bytes([_flags(a, codec), _features(a)]),
         _varint(len(a.images)), _varint(a.lanes), _varint(len(meta_bytes)),
         *(_varint(len(s)) for s in streams),
         meta_bytes,
@@ -631,7 +643,8 @@ def _decode_varint_header(view: memoryview, version: int, file_name: str | None)
     fields = _metadata(meta_blob, meta_codec, n_images, checksums, flags, file_name)
     return Archive(model_hash=model_id, lanes=n_lanes, sealed_lanes=flags is not None,
                    lane_streams=_split_streams(view, header_end, lengths),
-                   corrections=bool(features & _V4_CORRECTIONS), **fields)
+                   corrections=bool(features & _V4_CORRECTIONS), native_conv=bool(features & _V4_NATIVE_CONV),
+                   **fields)
 
 
 def _decode_v1(view: memoryview) -> Archive:

@@ -26,6 +26,19 @@ AVX-512 machine. What else differs between CPUs (oneDNN's blocking by cache
 size, say) is not pinned: the numerics probe then tells the user that the machine,
 not damage to the file, is the likely cause.
 
+Nor was that enough: the files of the AMD EPYC did not decode on the Intel
+Xeon (AVX-512, AMX) of 2026-12-07 with both pins (oneDNN and MKL choose
+kernels and blocking per CPU below the limit). So files written since code
+their CPU networks without oneDNN (container features bit 1,
+:func:`kernels.dispatch.coding_numerics`): the convolutions run torch's own
+im2col and BLAS products, which torch takes from MKL, and importing aribbps
+sets ``MKL_CBWR=AVX2`` (where the CPU runs AVX2, read by MKL at its first
+use; a value set by the user is left alone), MKL's conditional numerical
+reproducibility mode: the same results on every CPU that runs its AVX2 code
+branch, for the same thread count (which the decoder matches,
+:mod:`aribbps.cpu_threads`). Those files record :data:`MKL_EXTRA_KEY` where
+the mode was not AVX2, and the decoder refuses another.
+
 Files with temperature symbols (container flag bit 7, the first written with
 the oneDNN pin) ran oneDNN at AVX2 unless their extra dict says otherwise
 under :data:`EXTRA_KEY`; files with a numerics probe (the first written with
@@ -56,15 +69,23 @@ ATEN_ENV = "ATEN_CPU_CAPABILITY"
 ATEN_PINNED = "AVX2"
 #: The archive extra key of ATen's instruction set, where it is not ATEN_PINNED.
 ATEN_EXTRA_KEY = "aten_cpu"
+#: MKL's environment variable for its reproducible code branch.
+MKL_ENV = "MKL_CBWR"
+#: What aribbps sets it to (where the CPU has AVX2) and what files without oneDNN assume.
+MKL_PINNED = "AVX2"
+#: The archive extra key of MKL's mode in files without oneDNN, where it is not MKL_PINNED.
+MKL_EXTRA_KEY = "mkl_cbwr"
 _MAX_NAME = 32
 
 
 def pin() -> None:
-    """Limits oneDNN to :data:`PINNED` and ATen to :data:`ATEN_PINNED` unless the
-    environment already names a limit (ATen only where the CPU runs its AVX2 kernels)."""
+    """Limits oneDNN to :data:`PINNED`, ATen to :data:`ATEN_PINNED` and MKL to its reproducible
+    :data:`MKL_PINNED` branch unless the environment already names a setting (ATen and MKL only
+    where the CPU runs AVX2 kernels)."""
     os.environ.setdefault(ENV, PINNED)
-    if ATEN_ENV not in os.environ and runs_aten_avx2():
-        os.environ[ATEN_ENV] = ATEN_PINNED.lower()
+    if runs_aten_avx2():
+        os.environ.setdefault(ATEN_ENV, ATEN_PINNED.lower())
+        os.environ.setdefault(MKL_ENV, MKL_PINNED)
 
 
 def runs_aten_avx2(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
@@ -95,11 +116,20 @@ def active() -> str:
     return os.environ.get(ENV, "ALL").strip().upper() or "ALL"
 
 
-def record(extra: dict[str, Any], device_kind: str) -> None:
-    """Stores the instruction sets in ``extra`` for a CPU file, where they are not the pinned ones."""
+def mkl_active() -> str:
+    """MKL's reproducible branch in this process (``OFF``: none, MKL picks per machine)."""
+    return os.environ.get(MKL_ENV, "OFF").strip().upper() or "OFF"
+
+
+def record(extra: dict[str, Any], device_kind: str, native_conv: bool = False) -> None:
+    """Stores the instruction sets in ``extra`` for a CPU file, where they are not the pinned ones
+    (``native_conv``: MKL's branch instead of oneDNN's limit)."""
     if device_kind != "cpu":
         return
-    if active() != PINNED:
+    if native_conv:
+        if mkl_active() != MKL_PINNED:
+            extra[MKL_EXTRA_KEY] = mkl_active()
+    elif active() != PINNED:
         extra[EXTRA_KEY] = active()
     if aten_active() != ATEN_PINNED:
         extra[ATEN_EXTRA_KEY] = aten_active()
@@ -114,7 +144,8 @@ def unpinned_hint(device_kind: str, pinned_file: bool) -> str:
             f"(and {ATEN_ENV}, e.g. avx512, where that machine had AVX-512)")
 
 
-def check(extra: dict[str, Any], device_kind: str, pinned_file: bool, aten_pinned_file: bool = False) -> None:
+def check(extra: dict[str, Any], device_kind: str, pinned_file: bool, aten_pinned_file: bool = False,
+          native_conv: bool = False) -> None:
     """Refuses to decode a CPU file at instruction sets other than the encoder's.
 
     ``pinned_file``: the file comes from an encoder that pins oneDNN (flag
@@ -122,15 +153,23 @@ def check(extra: dict[str, Any], device_kind: str, pinned_file: bool, aten_pinne
     ``aten_pinned_file``: from one that also pins ATen (it has a numerics
     probe: both came in on 2026-12-06, the probe one commit earlier, and no
     file of that commit left the repository); without a recorded value it
-    ran at :data:`ATEN_PINNED`.
+    ran at :data:`ATEN_PINNED`. ``native_conv``: the file's networks ran
+    without oneDNN (features bit 1), MKL in the branch it records, by
+    default :data:`MKL_PINNED`; oneDNN's limit does not matter then. Files
+    without the bit ran MKL without a reproducible mode, which oneDNN's
+    convolutions use too: they need ``MKL_CBWR=OFF`` (any value MKL does
+    not know leaves it in its default mode).
 
     Raises:
         ArchiveError: a malformed value, or one that is not this process's.
     """
     if device_kind != "cpu":
         return
-    oned = extra.get(EXTRA_KEY, PINNED if pinned_file else None)
-    _check_one(oned, active, ENV, "oneDNN", str(oned))
+    mkl = extra.get(MKL_EXTRA_KEY, MKL_PINNED) if native_conv else "OFF"
+    _check_one(mkl, mkl_active, MKL_ENV, "MKL's reproducible mode", str(mkl))
+    if not native_conv:
+        oned = extra.get(EXTRA_KEY, PINNED if pinned_file else None)
+        _check_one(oned, active, ENV, "oneDNN", str(oned))
     aten = extra.get(ATEN_EXTRA_KEY, ATEN_PINNED if aten_pinned_file else None)
     _check_one(aten, aten_active, ATEN_ENV, "ATen's kernels", str(aten).lower())  # torch reads lower case only
 

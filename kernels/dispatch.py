@@ -59,8 +59,10 @@ __all__ = ["ENV_VAR", "KERNEL_PATHS", "KernelPathError", "check_kernel_path", "c
            "step_probs7", "to_host"]
 
 _NUMERICS_LOCK = threading.Lock()
-_numerics_users = 0
-_numerics_saved: tuple | None = None
+# Per device kind ("cuda", "cpu"): codings running, the settings before them, the pinned settings.
+_numerics_users: dict[str, int] = {"cuda": 0, "cpu": 0}
+_numerics_saved: dict[str, tuple] = {}
+_numerics_pinned: dict[str, tuple] = {}
 #: Torch 2.9 and newer set TF32 through ``fp32_precision`` and refuse a mix
 #: with the older ``allow_tf32`` flags, so each torch is driven through its own API.
 _PRECISION_API = hasattr(torch.backends.cuda.matmul, "fp32_precision")
@@ -86,33 +88,53 @@ def _set_numerics(state: tuple) -> None:
 
 
 @contextmanager
-def coding_numerics(device: torch.device | str) -> Iterator[None]:
-    """On CUDA, pins how torch computes the parts of a step that stay in torch, while coding.
+def coding_numerics(device: torch.device | str, native_conv: bool = False) -> Iterator[None]:
+    """Pins how torch computes the parts of a step that stay in torch, while coding.
 
-    cuDNN deterministic, without its autotuner, and no TF32 in convolutions
-    or matrix products (docs/gpu.md, determinism rule 5): the encoder and the
-    decoder then compute alike whatever the calling program has set. The
-    settings are process-wide, so overlapping uses (codings in several
-    threads) share one pinning: the first sets it, the last puts the
-    previous settings back. Elsewhere it does nothing.
+    On CUDA: cuDNN deterministic, without its autotuner, and no TF32 in
+    convolutions or matrix products (docs/gpu.md, determinism rule 5). On a
+    CPU: oneDNN on, or with ``native_conv`` off, so that the convolutions run
+    torch's own im2col and BLAS products (MKL, whose results ``MKL_CBWR``
+    makes the same on every CPU of its code branch; :mod:`aribbps.cpu_isa`),
+    instead of oneDNN kernels generated for the machine at hand. The encoder
+    and the decoder then compute alike whatever the calling program has set.
+    The settings are process-wide, so overlapping uses (codings in several
+    threads) share one pinning: the first sets it, the last puts the previous
+    settings back; a use that needs other CPU settings while one runs is
+    refused (RuntimeError). Elsewhere it does nothing.
     """
-    global _numerics_users, _numerics_saved
-    if torch.device(device).type != "cuda":
+    kind = torch.device(device).type
+    if kind == "cuda":
+        wanted, read, write = _PINNED_NUMERICS, _numerics, _set_numerics
+    elif kind == "cpu":
+        wanted, read, write = (not native_conv,), _cpu_numerics, _set_cpu_numerics
+    else:
         yield
         return
     with _NUMERICS_LOCK:
-        if _numerics_users == 0:
-            _numerics_saved = _numerics()
-            _set_numerics(_PINNED_NUMERICS)
-        _numerics_users += 1
+        if _numerics_users[kind] == 0:
+            _numerics_saved[kind] = read()
+            write(wanted)
+            _numerics_pinned[kind] = wanted
+        elif _numerics_pinned[kind] != wanted:
+            raise RuntimeError("another coding in this process runs the CPU networks with other convolutions "
+                               "(oneDNN or torch's own): code files of both kinds one after the other")
+        _numerics_users[kind] += 1
     try:
         yield
     finally:
         with _NUMERICS_LOCK:
-            _numerics_users -= 1
-            if _numerics_users == 0 and _numerics_saved is not None:
-                _set_numerics(_numerics_saved)
-                _numerics_saved = None
+            _numerics_users[kind] -= 1
+            if _numerics_users[kind] == 0:
+                write(_numerics_saved.pop(kind))
+
+
+def _cpu_numerics() -> tuple:
+    return (torch.backends.mkldnn.enabled,)
+
+
+def _set_cpu_numerics(state: tuple) -> None:
+    torch.backends.mkldnn.enabled = state[0]
 
 
 #: The values :func:`kernel_path` returns (the container stores one of them).

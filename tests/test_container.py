@@ -329,7 +329,7 @@ def test_bad_version_2_metadata_behind_valid_crc(n: int, meta: bytes, match: str
     (1, meta_v3(["a"], fmts=b"\x00\x00"), "empty image 0 format"),
     (0, meta_v3([], model=b"\x00\x00"), "empty model name"),
     (0, meta_v3([], model=b"\x40"), "unknown model name code 64"),
-    (0, meta_v3([], extra=b"\x01\x09\x00\x00"), "unknown key code 9"),
+    (0, meta_v3([], extra=b"\x01\x0a\x00\x00"), "unknown key code 10"),
     (0, meta_v3([], extra=b"\x01\x01\x0c"), "unknown value tag 12"),
     (0, meta_v3([], extra=b"\x02\x01\x00\x00\x01\x00\x00"), "repeats the key 'qp'"),
     (0, meta_v3([], extra=b"\x01\x01\x08" + struct.pack("<d", float("inf"))), "not finite"),
@@ -371,6 +371,9 @@ def test_corrections_round_trip_in_features_bit_0() -> None:
     data = encode_archive(a)
     assert plain[16] == 0 and data[16] == 0x01 and len(data) == len(plain)
     assert decode_archive(data) == a
+    a.native_conv = True
+    data = encode_archive(a)
+    assert data[16] == 0x03 and decode_archive(data) == a
     for marker in ("<!-- example-hexdump-v3 -->", "<!-- example-hexdump-v2 -->"):
         assert not decode_archive(_docs_hex_dump(marker)).corrections
 
@@ -378,7 +381,10 @@ def test_corrections_round_trip_in_features_bit_0() -> None:
 def test_an_unknown_features_bit_is_refused() -> None:
     meta = meta_v3([])
     assert decode_archive(forge(flags=0x01, features=0x01, meta=meta)).corrections
-    for bit in range(1, 8):
+    both = decode_archive(forge(flags=0x01, features=0x03, meta=meta))
+    assert both.corrections and both.native_conv
+    assert not decode_archive(forge(flags=0x01, features=0x01, meta=meta)).native_conv
+    for bit in range(2, 8):
         expect_archive_error(forge(flags=0x01, features=1 << bit, meta=meta),
                              "coding features this aribbps does not know")
     assert not decode_archive(forge(version=3, flags=0x01, meta=meta)).corrections

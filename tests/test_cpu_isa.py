@@ -1,4 +1,5 @@
-"""The pinned oneDNN instruction set: set on import, recorded where it differs, checked on decode."""
+"""The pinned CPU numerics (oneDNN's and ATen's instruction sets, MKL's reproducible mode, oneDNN
+off while coding): set on import, recorded where they differ, checked on decode."""
 from __future__ import annotations
 
 import os
@@ -14,9 +15,10 @@ import torch
 from PIL import Image
 
 from aribbps import api, cpu_isa, zoo
-from aribbps.container import read_archive
+from aribbps.container import decode_archive, read_archive
 from aribbps.errors import ArchiveError
-from aribbps.imageio import load_image
+from aribbps.imageio import LoadedImage, load_image
+from kernels import dispatch
 
 
 def _env_in_fresh_process(env: dict[str, str]) -> str:
@@ -80,6 +82,7 @@ def test_only_an_unpinned_cpu_file_records_its_instruction_set(monkeypatch: pyte
 
 def test_the_decoder_refuses_another_aten_instruction_set(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(cpu_isa.ENV, "AVX2")
+    monkeypatch.setenv(cpu_isa.MKL_ENV, "OFF")  # as files without features bit 1 need
     monkeypatch.setattr(cpu_isa, "aten_active", lambda: "AVX512")
     cpu_isa.check({}, "cpu", pinned_file=True)  # written before the ATen pin: whatever runs
     with pytest.raises(ArchiveError, match="ATen's kernels at AVX2 .* runs them at AVX512: set ATEN_CPU_CAPABILITY=avx2 "):
@@ -92,6 +95,7 @@ def test_the_decoder_refuses_another_aten_instruction_set(monkeypatch: pytest.Mo
 
 def test_the_decoder_refuses_another_instruction_set(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(cpu_isa.ENV, "AVX2")
+    monkeypatch.setenv(cpu_isa.MKL_ENV, "OFF")
     cpu_isa.check({}, "cpu", pinned_file=True)
     cpu_isa.check({}, "cpu", pinned_file=False)  # older files: whatever runs
     with pytest.raises(ArchiveError, match="ONEDNN_MAX_CPU_ISA=AVX512_CORE"):
@@ -110,8 +114,9 @@ def test_the_hint_is_for_unpinned_cpu_files_only() -> None:
     assert cpu_isa.unpinned_hint("cpu", pinned_file=True) == cpu_isa.unpinned_hint("cuda", pinned_file=False) == ""
 
 
-def _cli(args: list[str], aten: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != cpu_isa.ATEN_ENV} | {cpu_isa.ATEN_ENV: aten}
+def _cli(args: list[str], aten: str = "avx2", mkl: str = cpu_isa.MKL_PINNED) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in (cpu_isa.ATEN_ENV, cpu_isa.MKL_ENV)}
+    env |= {cpu_isa.ATEN_ENV: aten, cpu_isa.MKL_ENV: mkl}
     return subprocess.run([sys.executable, "-m", "aribbps", *args], env=env, capture_output=True, text=True)
 
 
@@ -132,5 +137,85 @@ def test_a_file_from_another_aten_level_is_refused_with_the_setting_and_decodes_
     setting = re.search(r"set ATEN_CPU_CAPABILITY=(\S+) ", str(refused.value)).group(1)  # the advice as given
     out = tmp_path / "out"
     done = _cli(["decompress", str(arib), "-o", str(out), "--model", str(model_file), "-q"], setting)
+    assert done.returncode == 0, done.stderr
+    np.testing.assert_array_equal(load_image(out / "a.png").pixels, load_image(image).pixels)
+
+
+def _mkl_in_fresh_process(env: dict[str, str]) -> str:
+    code = "import aribbps, os; print(os.environ.get('MKL_CBWR'))"
+    full = {k: v for k, v in os.environ.items() if k != cpu_isa.MKL_ENV} | env
+    return subprocess.run([sys.executable, "-c", code], env=full, capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+@pytest.mark.skipif(not cpu_isa.runs_aten_avx2(), reason="MKL is pinned only on x86-64 CPUs with AVX2 and FMA")
+def test_importing_aribbps_pins_mkl_to_its_avx2_branch_unless_the_user_chose() -> None:
+    assert _mkl_in_fresh_process({}) == "AVX2"
+    assert _mkl_in_fresh_process({cpu_isa.MKL_ENV: "OFF"}) == "OFF"
+
+
+def test_files_without_onednn_record_and_check_mkls_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cpu_isa, "aten_active", lambda: "AVX2")
+    monkeypatch.setenv(cpu_isa.ENV, "AVX512_CORE")  # oneDNN's limit does not matter without oneDNN
+    monkeypatch.setenv(cpu_isa.MKL_ENV, "AVX2")
+    extra: dict = {}
+    cpu_isa.record(extra, "cpu", native_conv=True)
+    assert extra == {}
+    cpu_isa.check(extra, "cpu", pinned_file=True, aten_pinned_file=True, native_conv=True)
+    with pytest.raises(ArchiveError, match="set MKL_CBWR=OFF "):  # files before ran MKL unpinned
+        cpu_isa.check(extra, "cpu", pinned_file=True, aten_pinned_file=True)
+    monkeypatch.setenv(cpu_isa.MKL_ENV, "")
+    assert cpu_isa.mkl_active() == "OFF"
+    cpu_isa.record(extra, "cpu", native_conv=True)
+    assert extra == {cpu_isa.MKL_EXTRA_KEY: "OFF"}
+    monkeypatch.setenv(cpu_isa.MKL_ENV, "AVX2")
+    with pytest.raises(ArchiveError, match="MKL's reproducible mode at OFF .* set MKL_CBWR=OFF "):
+        cpu_isa.check(extra, "cpu", pinned_file=True, aten_pinned_file=True, native_conv=True)
+    cpu_isa.check(extra, "cuda", pinned_file=True, aten_pinned_file=True, native_conv=True)
+    with pytest.raises(ArchiveError, match="corrupted"):
+        cpu_isa.check({cpu_isa.MKL_EXTRA_KEY: "AVX2 x"}, "cpu", pinned_file=True, native_conv=True)
+
+
+def test_coding_numerics_turns_onednn_off_for_native_files_and_restores_it() -> None:
+    before = torch.backends.mkldnn.enabled
+    with dispatch.coding_numerics("cpu", native_conv=True):
+        assert not torch.backends.mkldnn.enabled
+        with dispatch.coding_numerics("cpu", native_conv=True):  # overlapping codings share it
+            assert not torch.backends.mkldnn.enabled
+        assert not torch.backends.mkldnn.enabled
+        with pytest.raises(RuntimeError, match="other convolutions"):
+            with dispatch.coding_numerics("cpu"):
+                pass
+    assert torch.backends.mkldnn.enabled == before
+    with dispatch.coding_numerics("cpu"):
+        assert torch.backends.mkldnn.enabled
+    with pytest.raises(KeyError):
+        with dispatch.coding_numerics("cpu", native_conv=True):
+            raise KeyError("restored on errors too")
+    assert torch.backends.mkldnn.enabled == before
+
+
+def test_cpu_files_are_coded_without_onednn_and_say_so(model_file: Path) -> None:
+    model = zoo.load(model_file)
+    pixels = np.random.default_rng(3).integers(0, 256, (10, 12, 3), dtype=np.uint8)
+    archive = decode_archive(api.encode_images([LoadedImage("a.png", "PNG", "RGB", pixels)], model).data)
+    assert archive.native_conv and cpu_isa.MKL_EXTRA_KEY not in archive.extra
+    np.testing.assert_array_equal(api.decode_archive_images(archive, model)[0].pixels, pixels)
+
+
+@pytest.mark.skipif(not cpu_isa.runs_aten_avx2(), reason="MKL is pinned only on x86-64 CPUs with AVX2 and FMA")
+def test_a_file_from_another_mkl_mode_is_refused_with_the_setting_and_decodes_at_it(
+        tmp_path: Path, model_file: Path) -> None:
+    image = tmp_path / "a.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (12, 10, 3), dtype=np.uint8)).save(image)
+    arib = tmp_path / "a.arib"
+    done = _cli(["compress", str(image), "-o", str(arib), "--model", str(model_file), "-q"], mkl="OFF")
+    assert done.returncode == 0, done.stderr
+    archive = read_archive(arib)
+    assert archive.native_conv and archive.extra[cpu_isa.MKL_EXTRA_KEY] == "OFF"
+    with pytest.raises(ArchiveError, match="set MKL_CBWR=OFF "):
+        api.decode_archive_images(archive, zoo.load(model_file))
+    out = tmp_path / "out"
+    done = _cli(["decompress", str(arib), "-o", str(out), "--model", str(model_file), "-q"], mkl="OFF")
     assert done.returncode == 0, done.stderr
     np.testing.assert_array_equal(load_image(out / "a.png").pixels, load_image(image).pixels)

@@ -1,13 +1,17 @@
 """The model shipped in the package: it loads, codes the shipped samples bit-exactly, and beats PNG on them."""
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from aribbps import api, cpu_threads, zoo
+from aribbps import api, cpu_isa, cpu_threads, zoo
 from aribbps.baselines import available_codecs, measure
 from aribbps.cli import EXIT_OK, main
 from aribbps.container import decode_archive
@@ -74,7 +78,8 @@ def test_the_cli_uses_the_default_model_without_model(tmp_path: Path) -> None:
     ("v2_single.arib", ["ColdRipple_planks_64.png"]),
     ("v2_dataset.arib", ["FreshFlower_edge_64.png", "Blinds_veins_64.png"]),
 ])
-def test_version_2_files_still_decode(version_2_model: zoo.LoadedModel, name: str, sources: list[str]) -> None:
+def test_version_2_files_still_decode(version_2_model: zoo.LoadedModel, name: str, sources: list[str],
+                                      request: pytest.FixtureRequest) -> None:
     """Files written by the version-2 codec (unsealed lanes, stack layout 1, per-image checksums)
     with the default model of then, kept in tests/data with that model, decode to the samples;
     a flipped pixel checksum is still caught.
@@ -86,7 +91,22 @@ def test_version_2_files_still_decode(version_2_model: zoo.LoadedModel, name: st
     They decode only where the networks round as on the machine that wrote them. Where they
     fail and the numerics probe says this machine rounds otherwise than the writer, the test
     skips (CI once ran on such a machine: with the files of 2026-12-03, both failed their lane
-    checks there); where they fail and the probe matches, it fails."""
+    checks there); where they fail and the probe matches, it fails.
+
+    They ran MKL in its default mode, which a process that imported aribbps first no longer
+    does (``MKL_CBWR``, :mod:`aribbps.cpu_isa`): the test then runs itself again in a process
+    with ``MKL_CBWR=OFF``."""
+    if cpu_isa.mkl_active() != "OFF":
+        root = Path(__file__).resolve().parents[1]
+        done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
+                               request.node.nodeid], capture_output=True, text=True, timeout=600, cwd=root,
+                              env={**os.environ, cpu_isa.MKL_ENV: "OFF"})
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+        skipped = re.search(r"SKIPPED \[\d+\] [^:]+:\d+: (.*)", done.stdout)
+        if skipped:
+            pytest.skip(f"with MKL_CBWR=OFF: {skipped.group(1)}")
+        assert " passed" in done.stdout, done.stdout[-3000:]
+        return
     default_model = version_2_model
     archive = decode_archive((DATA / name).read_bytes())
     assert not archive.sealed_lanes and all(r.checksum is not None for r in archive.images)
@@ -128,3 +148,31 @@ def test_a_file_decodes_with_another_intra_op_thread_count(default_model: zoo.Lo
         archive.extra[cpu_threads.EXTRA_KEY] = bad
         with pytest.raises(ArchiveError, match="CPU thread count"):
             api.decode_archive_images(archive, default_model)
+
+
+#: The numerics probe of the version-4 files in tests/data on the machine that wrote them
+#: (2026-12-07: an Intel Xeon with AVX-512, torch 2.13.0, 2 threads, MKL_CBWR=AVX2).
+V4_WRITER_PROBE = 0x1897
+
+
+@pytest.mark.skipif(not cpu_isa.runs_aten_avx2(), reason="the portable CPU numerics need AVX2 and FMA")
+@pytest.mark.parametrize("name, sources", [
+    ("v4_single.arib", ["ColdRipple_planks_64.png"]),
+    ("v4_dataset.arib", ["FreshFlower_edge_64.png", "Blinds_veins_64.png"]),
+])
+def test_cpu_files_decode_on_other_machines(default_model: zoo.LoadedModel, name: str, sources: list[str]) -> None:
+    """Files written on another machine by the shipped model, without oneDNN (features bit 1),
+    with MKL in its reproducible AVX2 branch and ATen at AVX2 (:mod:`aribbps.cpu_isa`), decode
+    bit-exactly on any x86-64 CPU with AVX2: the portability these settings are for. Failing
+    here means they are not enough on this machine (the probes say how it computes)."""
+    archive = decode_archive((DATA / name).read_bytes())
+    assert archive.native_conv and archive.corrections and cpu_isa.MKL_EXTRA_KEY not in archive.extra
+    try:
+        decoded = api.decode_archive_images(archive, default_model)
+    except (ArchiveError, ChecksumError) as exc:
+        with cpu_threads.matching(archive.extra, "cpu"):
+            probe = api.numerics_probe_for(archive, default_model)
+        pytest.fail(f"{exc} (numerics probe here {probe:04x}, the writer's {V4_WRITER_PROBE:04x})")
+    assert [d.record.name for d in decoded] == sources
+    for got, source in zip(decoded, sources):
+        np.testing.assert_array_equal(got.pixels, load_image(SAMPLES / source).pixels)
