@@ -29,15 +29,16 @@ not damage to the file, is the likely cause.
 Nor was that enough: the files of the AMD EPYC did not decode on the Intel
 Xeon (AVX-512, AMX) of 2026-12-07 with both pins (oneDNN and MKL choose
 kernels and blocking per CPU below the limit). So files written since code
-their CPU networks without oneDNN (container features bit 1,
+their CPU networks without oneDNN and NNPACK (container features bit 1,
 :func:`kernels.dispatch.coding_numerics`): the convolutions run torch's own
 im2col and BLAS products, which torch takes from MKL, and importing aribbps
-sets ``MKL_CBWR=AVX2`` (where the CPU runs AVX2, read by MKL at its first
-use; a value set by the user is left alone), MKL's conditional numerical
-reproducibility mode: the same results on every CPU that runs its AVX2 code
-branch, for the same thread count (which the decoder matches,
-:mod:`aribbps.cpu_threads`). Those files record :data:`MKL_EXTRA_KEY` where
-the mode was not AVX2, and the decoder refuses another.
+sets ``MKL_CBWR=COMPATIBLE`` on x86-64 (read by MKL at its first use; a value
+set by the user is left alone), MKL's conditional numerical reproducibility
+mode on its SSE2 branch: the same results on Intel and other vendors' CPUs
+for the same thread count (which the decoder matches,
+:mod:`aribbps.cpu_threads`). Its faster branches (``AVX2``, ...) are
+reproducible on Intel CPUs only; a user may choose one, and the file then
+records it under :data:`MKL_EXTRA_KEY` and the decoder refuses another.
 
 Files with temperature symbols (container flag bit 7, the first written with
 the oneDNN pin) ran oneDNN at AVX2 unless their extra dict says otherwise
@@ -71,20 +72,22 @@ ATEN_PINNED = "AVX2"
 ATEN_EXTRA_KEY = "aten_cpu"
 #: MKL's environment variable for its reproducible code branch.
 MKL_ENV = "MKL_CBWR"
-#: What aribbps sets it to (where the CPU has AVX2) and what files without oneDNN assume.
-MKL_PINNED = "AVX2"
+#: What aribbps sets it to (on x86-64) and what files without oneDNN assume: MKL's
+#: SSE2 branch, the one MKL keeps the same on Intel and other vendors' CPUs alike.
+MKL_PINNED = "COMPATIBLE"
 #: The archive extra key of MKL's mode in files without oneDNN, where it is not MKL_PINNED.
 MKL_EXTRA_KEY = "mkl_cbwr"
 _MAX_NAME = 32
 
 
 def pin() -> None:
-    """Limits oneDNN to :data:`PINNED`, ATen to :data:`ATEN_PINNED` and MKL to its reproducible
-    :data:`MKL_PINNED` branch unless the environment already names a setting (ATen and MKL only
-    where the CPU runs AVX2 kernels)."""
+    """Limits oneDNN to :data:`PINNED`, ATen to :data:`ATEN_PINNED` (where the CPU runs its AVX2
+    kernels) and MKL to its reproducible :data:`MKL_PINNED` branch (on x86-64) unless the
+    environment already names a setting."""
     os.environ.setdefault(ENV, PINNED)
     if runs_aten_avx2():
         os.environ.setdefault(ATEN_ENV, ATEN_PINNED.lower())
+    if platform.machine().lower() in ("x86_64", "amd64"):
         os.environ.setdefault(MKL_ENV, MKL_PINNED)
 
 
@@ -117,8 +120,11 @@ def active() -> str:
 
 
 def mkl_active() -> str:
-    """MKL's reproducible branch in this process (``OFF``: none, MKL picks per machine)."""
-    return os.environ.get(MKL_ENV, "OFF").strip().upper() or "OFF"
+    """MKL's reproducible branch in this process as set in the environment (``OFF``: none, MKL
+    picks per machine; ``BRANCH=X`` reads as ``X``). MKL reads it at its first use, so it tells
+    the truth only where aribbps was imported before torch computed anything."""
+    value = os.environ.get(MKL_ENV, "OFF").strip().upper()
+    return value.removeprefix("BRANCH=") or "OFF"
 
 
 def record(extra: dict[str, Any], device_kind: str, native_conv: bool = False) -> None:
@@ -165,8 +171,14 @@ def check(extra: dict[str, Any], device_kind: str, pinned_file: bool, aten_pinne
     """
     if device_kind != "cpu":
         return
-    mkl = extra.get(MKL_EXTRA_KEY, MKL_PINNED) if native_conv else "OFF"
-    _check_one(mkl, mkl_active, MKL_ENV, "MKL's reproducible mode", str(mkl))
+    if native_conv:
+        mkl = extra.get(MKL_EXTRA_KEY, MKL_PINNED)
+        _check_one(mkl, mkl_active, MKL_ENV, "MKL's reproducible mode", str(mkl))
+    elif mkl_active() != "OFF":
+        raise ArchiveError(f"this file was coded before aribbps pinned MKL's mode, and decodes only with MKL "
+                           f"in its default mode: set {MKL_ENV}=OFF in the environment before starting the "
+                           f"decoder (aribbps sets {MKL_ENV}={MKL_PINNED} where it is unset; this process "
+                           f"runs {mkl_active()})")
     if not native_conv:
         oned = extra.get(EXTRA_KEY, PINNED if pinned_file else None)
         _check_one(oned, active, ENV, "oneDNN", str(oned))

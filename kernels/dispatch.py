@@ -93,10 +93,11 @@ def coding_numerics(device: torch.device | str, native_conv: bool = False) -> It
 
     On CUDA: cuDNN deterministic, without its autotuner, and no TF32 in
     convolutions or matrix products (docs/gpu.md, determinism rule 5). On a
-    CPU: oneDNN on, or with ``native_conv`` off, so that the convolutions run
-    torch's own im2col and BLAS products (MKL, whose results ``MKL_CBWR``
-    makes the same on every CPU of its code branch; :mod:`aribbps.cpu_isa`),
-    instead of oneDNN kernels generated for the machine at hand. The encoder
+    CPU: oneDNN on, or with ``native_conv`` off together with NNPACK (which
+    torch picks for batches of 16 and more, with blocks sized by the CPU's
+    caches), so that every convolution runs torch's own im2col and BLAS
+    products (MKL, whose results ``MKL_CBWR`` makes the same on every CPU;
+    :mod:`aribbps.cpu_isa`), instead of kernels chosen for the machine at hand. The encoder
     and the decoder then compute alike whatever the calling program has set.
     The settings are process-wide, so overlapping uses (codings in several
     threads) share one pinning: the first sets it, the last puts the previous
@@ -107,7 +108,7 @@ def coding_numerics(device: torch.device | str, native_conv: bool = False) -> It
     if kind == "cuda":
         wanted, read, write = _PINNED_NUMERICS, _numerics, _set_numerics
     elif kind == "cpu":
-        wanted, read, write = (not native_conv,), _cpu_numerics, _set_cpu_numerics
+        wanted, read, write = (not native_conv, not native_conv), _cpu_numerics, _set_cpu_numerics
     else:
         yield
         return
@@ -130,11 +131,13 @@ def coding_numerics(device: torch.device | str, native_conv: bool = False) -> It
 
 
 def _cpu_numerics() -> tuple:
-    return (torch.backends.mkldnn.enabled,)
+    """(oneDNN on, NNPACK on): torch's convolution backends that :func:`coding_numerics` pins on a CPU."""
+    return torch.backends.mkldnn.enabled, torch._C._get_nnpack_enabled()
 
 
 def _set_cpu_numerics(state: tuple) -> None:
     torch.backends.mkldnn.enabled = state[0]
+    torch.backends.nnpack.set_flags(state[1])
 
 
 #: The values :func:`kernel_path` returns (the container stores one of them).

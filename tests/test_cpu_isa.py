@@ -148,27 +148,38 @@ def _mkl_in_fresh_process(env: dict[str, str]) -> str:
                           check=True).stdout.strip()
 
 
-@pytest.mark.skipif(not cpu_isa.runs_aten_avx2(), reason="MKL is pinned only on x86-64 CPUs with AVX2 and FMA")
-def test_importing_aribbps_pins_mkl_to_its_avx2_branch_unless_the_user_chose() -> None:
-    assert _mkl_in_fresh_process({}) == "AVX2"
+X86 = platform.machine().lower() in ("x86_64", "amd64")
+
+
+@pytest.mark.skipif(not X86, reason="MKL is pinned on x86-64 only")
+def test_importing_aribbps_pins_mkl_to_its_compatible_branch_unless_the_user_chose() -> None:
+    assert _mkl_in_fresh_process({}) == "COMPATIBLE"
     assert _mkl_in_fresh_process({cpu_isa.MKL_ENV: "OFF"}) == "OFF"
+
+
+def test_mkls_setting_reads_as_mkl_documents_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    for value, expected in (("avx2", "AVX2"), ("BRANCH=AVX2", "AVX2"), (" ", "OFF"), ("", "OFF")):
+        monkeypatch.setenv(cpu_isa.MKL_ENV, value)
+        assert cpu_isa.mkl_active() == expected, value
+    monkeypatch.delenv(cpu_isa.MKL_ENV)
+    assert cpu_isa.mkl_active() == "OFF"
 
 
 def test_files_without_onednn_record_and_check_mkls_mode(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cpu_isa, "aten_active", lambda: "AVX2")
     monkeypatch.setenv(cpu_isa.ENV, "AVX512_CORE")  # oneDNN's limit does not matter without oneDNN
-    monkeypatch.setenv(cpu_isa.MKL_ENV, "AVX2")
+    monkeypatch.setenv(cpu_isa.MKL_ENV, cpu_isa.MKL_PINNED)
     extra: dict = {}
     cpu_isa.record(extra, "cpu", native_conv=True)
     assert extra == {}
     cpu_isa.check(extra, "cpu", pinned_file=True, aten_pinned_file=True, native_conv=True)
-    with pytest.raises(ArchiveError, match="set MKL_CBWR=OFF "):  # files before ran MKL unpinned
-        cpu_isa.check(extra, "cpu", pinned_file=True, aten_pinned_file=True)
+    with pytest.raises(ArchiveError, match="before aribbps pinned MKL's mode.* set MKL_CBWR=OFF "):
+        cpu_isa.check(extra, "cpu", pinned_file=True, aten_pinned_file=True)  # files before ran MKL unpinned
     monkeypatch.setenv(cpu_isa.MKL_ENV, "")
     assert cpu_isa.mkl_active() == "OFF"
     cpu_isa.record(extra, "cpu", native_conv=True)
     assert extra == {cpu_isa.MKL_EXTRA_KEY: "OFF"}
-    monkeypatch.setenv(cpu_isa.MKL_ENV, "AVX2")
+    monkeypatch.setenv(cpu_isa.MKL_ENV, cpu_isa.MKL_PINNED)
     with pytest.raises(ArchiveError, match="MKL's reproducible mode at OFF .* set MKL_CBWR=OFF "):
         cpu_isa.check(extra, "cpu", pinned_file=True, aten_pinned_file=True, native_conv=True)
     cpu_isa.check(extra, "cuda", pinned_file=True, aten_pinned_file=True, native_conv=True)
@@ -176,34 +187,53 @@ def test_files_without_onednn_record_and_check_mkls_mode(monkeypatch: pytest.Mon
         cpu_isa.check({cpu_isa.MKL_EXTRA_KEY: "AVX2 x"}, "cpu", pinned_file=True, native_conv=True)
 
 
-def test_coding_numerics_turns_onednn_off_for_native_files_and_restores_it() -> None:
-    before = torch.backends.mkldnn.enabled
+def _conv_backend(batch: int) -> str:
+    """The backend torch picks for a 3x3 convolution of ``batch`` items (a private torch probe)."""
+    x, w = torch.zeros(batch, 8, 12, 12), torch.zeros(8, 8, 3, 3)
+    return str(torch._C._select_conv_backend(x, w, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, None))
+
+
+def test_coding_numerics_turns_onednn_and_nnpack_off_for_native_files_and_restores_them() -> None:
+    before = torch.backends.mkldnn.enabled, torch._C._get_nnpack_enabled()
     with dispatch.coding_numerics("cpu", native_conv=True):
-        assert not torch.backends.mkldnn.enabled
+        assert not torch.backends.mkldnn.enabled and not torch._C._get_nnpack_enabled()
+        if hasattr(torch._C, "_select_conv_backend"):  # NNPACK would take batches of 16 and more
+            assert {_conv_backend(b).rsplit(".", 1)[-1] for b in (1, 16, 40)} == {"Slow2d"}
         with dispatch.coding_numerics("cpu", native_conv=True):  # overlapping codings share it
             assert not torch.backends.mkldnn.enabled
         assert not torch.backends.mkldnn.enabled
         with pytest.raises(RuntimeError, match="other convolutions"):
             with dispatch.coding_numerics("cpu"):
                 pass
-    assert torch.backends.mkldnn.enabled == before
+    assert (torch.backends.mkldnn.enabled, torch._C._get_nnpack_enabled()) == before
     with dispatch.coding_numerics("cpu"):
         assert torch.backends.mkldnn.enabled
     with pytest.raises(KeyError):
         with dispatch.coding_numerics("cpu", native_conv=True):
             raise KeyError("restored on errors too")
-    assert torch.backends.mkldnn.enabled == before
+    assert (torch.backends.mkldnn.enabled, torch._C._get_nnpack_enabled()) == before
 
 
-def test_cpu_files_are_coded_without_onednn_and_say_so(model_file: Path) -> None:
+def test_cpu_files_are_coded_without_onednn_and_say_so(model_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     model = zoo.load(model_file)
     pixels = np.random.default_rng(3).integers(0, 256, (10, 12, 3), dtype=np.uint8)
+    seen = []
+    conv2d = torch.nn.functional.conv2d
+
+    def spy(*args, **kwargs):  # what the networks run under while the codec codes
+        seen.append((torch.backends.mkldnn.enabled, torch._C._get_nnpack_enabled()))
+        return conv2d(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "conv2d", spy)
     archive = decode_archive(api.encode_images([LoadedImage("a.png", "PNG", "RGB", pixels)], model).data)
-    assert archive.native_conv and cpu_isa.MKL_EXTRA_KEY not in archive.extra
+    assert seen and set(seen) == {(False, False)}
+    assert archive.native_conv
+    assert archive.extra.get(cpu_isa.MKL_EXTRA_KEY) == (None if cpu_isa.mkl_active() == cpu_isa.MKL_PINNED
+                                                        else cpu_isa.mkl_active())
     np.testing.assert_array_equal(api.decode_archive_images(archive, model)[0].pixels, pixels)
 
 
-@pytest.mark.skipif(not cpu_isa.runs_aten_avx2(), reason="MKL is pinned only on x86-64 CPUs with AVX2 and FMA")
+@pytest.mark.skipif(not X86, reason="MKL is pinned on x86-64 only")
 def test_a_file_from_another_mkl_mode_is_refused_with_the_setting_and_decodes_at_it(
         tmp_path: Path, model_file: Path) -> None:
     image = tmp_path / "a.png"
