@@ -327,6 +327,8 @@ def _check_archive(a: Archive) -> None:
     for flag in ("temperatures", "corrections", "native_conv", "name_from_file"):
         if not isinstance(getattr(a, flag), bool):
             raise ValueError(f"{flag} must be a bool, got {getattr(a, flag)!r}")
+    if a.native_conv and a.device_kind != "cpu":
+        raise ValueError("native_conv describes CPU files only")
     if a.sealed_lanes is not True:
         raise ValueError(f"version {FORMAT_VERSION} holds sealed lane streams only (aribbps.lane_seal); "
                          "this archive's streams are unsealed")
@@ -641,6 +643,9 @@ def _decode_varint_header(view: memoryview, version: int, file_name: str | None)
         raise ArchiveError(f"this file uses coding features this aribbps does not know (features byte "
                            f"{features:#04x}): a newer aribbps wrote it")
     fields = _metadata(meta_blob, meta_codec, n_images, checksums, flags, file_name)
+    if features & _V4_NATIVE_CONV and fields["device_kind"] != "cpu":
+        raise ArchiveError("corrupted: features bit 1 (CPU convolutions) on a file coded on "
+                           f"{fields['device_kind']}")
     return Archive(model_hash=model_id, lanes=n_lanes, sealed_lanes=flags is not None,
                    lane_streams=_split_streams(view, header_end, lengths),
                    corrections=bool(features & _V4_CORRECTIONS), native_conv=bool(features & _V4_NATIVE_CONV),

@@ -1,4 +1,4 @@
-"""Benchmarks under pytest: every contender computes as the codec does on CUDA."""
+"""Benchmarks under pytest: every contender computes as the codec does (CUDA, or a CPU's portable path)."""
 from __future__ import annotations
 
 import sys
@@ -13,6 +13,8 @@ from kernels import dispatch  # noqa: E402
 
 @pytest.fixture(autouse=True)
 def _coding_numerics():
-    """No TF32, deterministic cuDNN (kernels/dispatch.coding_numerics), as the scripts' ``main`` runs."""
-    with dispatch.coding_numerics("cuda" if torch.cuda.is_available() else "cpu"):
+    """No TF32, deterministic cuDNN on CUDA; on a CPU oneDNN and NNPACK off, as CPU files are coded
+    (kernels/dispatch.coding_numerics)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    with dispatch.coding_numerics(device, native_conv=device == "cpu"):
         yield

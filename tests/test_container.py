@@ -383,6 +383,7 @@ def test_an_unknown_features_bit_is_refused() -> None:
     assert decode_archive(forge(flags=0x01, features=0x01, meta=meta)).corrections
     both = decode_archive(forge(flags=0x01, features=0x03, meta=meta))
     assert both.corrections and both.native_conv
+    expect_archive_error(forge(flags=0x05, features=0x02, meta=meta), "features bit 1 .* on a file coded on cuda")
     assert not decode_archive(forge(flags=0x01, features=0x01, meta=meta)).native_conv
     for bit in range(2, 8):
         expect_archive_error(forge(flags=0x01, features=1 << bit, meta=meta),

@@ -427,7 +427,7 @@ elif case == "medium":
     torch.set_float32_matmul_precision("medium")
 B.cudnn.benchmark = True
 before = state()
-with dispatch.coding_numerics("cpu"):  # nothing to pin off CUDA
+with dispatch.coding_numerics("cpu"):  # pins CPU backends only
     assert state() == before
 with dispatch.coding_numerics(torch.device("cuda", 0)):
     assert state() == pinned, state()
