@@ -307,8 +307,9 @@ class PlaneCodec:
         makes the plane cheapest, and its probabilities are requantised at it.
         With corrections, the probabilities handed on are the corrected ones.
         """
+        rgb = rnd.rgb_lanes()
         weight = torch.ones((rnd.size, 3, 1, 1), device=self.device)
-        weight[~torch.from_numpy(rnd.rgb_lanes()).to(self.device), 1:] = 0  # R only for greyscale items
+        weight[~torch.from_numpy(rgb).to(self.device), 1:] = 0  # R only for greyscale items
         x_host = x.cpu()  # the true bits come from the host copy: no per-step transfer for them
         valid_host = rnd.valid.cpu().to(torch.uint8)
         theoretical = torch.zeros(rnd.size, dtype=torch.float64, device=self.device)
@@ -339,7 +340,7 @@ class PlaneCodec:
             if correction is not None:
                 for step in plane.steps:  # decoding order: each stage corrected by the ones before it
                     corrected = correction.corrected(k, step.probs7)
-                    correction.learn(k, step.probs7, step.bits, rnd.stage_mask(step.stage), rnd.rgb_lanes())
+                    correction.learn(k, step.probs7, step.bits, rnd.stage_mask(step.stage), rgb)
                     step.probs7 = corrected
             codes.append(plane)
         stats.theoretical_bits[rnd.items] += theoretical.cpu().numpy()  # once per round

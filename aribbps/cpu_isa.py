@@ -174,12 +174,12 @@ def check(extra: dict[str, Any], device_kind: str, pinned_file: bool, aten_pinne
     if native_conv:
         mkl = extra.get(MKL_EXTRA_KEY, MKL_PINNED)
         _check_one(mkl, mkl_active, MKL_ENV, "MKL's reproducible mode", str(mkl))
-    elif mkl_active() != "OFF":
-        raise ArchiveError(f"this file was coded before aribbps pinned MKL's mode, and decodes only with MKL "
-                           f"in its default mode: set {MKL_ENV}=OFF in the environment before starting the "
-                           f"decoder (aribbps sets {MKL_ENV}={MKL_PINNED} where it is unset; this process "
-                           f"runs {mkl_active()})")
-    if not native_conv:
+    else:
+        if mkl_active() != "OFF":
+            raise ArchiveError(f"this file was coded before aribbps pinned MKL's mode, and decodes only with MKL "
+                               f"in its default mode: set {MKL_ENV}=OFF in the environment before starting the "
+                               f"decoder (aribbps sets {MKL_ENV}={MKL_PINNED} where it is unset; this process "
+                               f"runs {mkl_active()})")
         oned = extra.get(EXTRA_KEY, PINNED if pinned_file else None)
         _check_one(oned, active, ENV, "oneDNN", str(oned))
     aten = extra.get(ATEN_EXTRA_KEY, ATEN_PINNED if aten_pinned_file else None)

@@ -34,7 +34,7 @@ import functools
 
 import numpy as np
 
-from aribbps.probability import probability_masses
+from aribbps.probability import coded_columns, probability_masses
 
 #: q >> BAND_SHIFT is a bit's band: 16 bands of the bytes 1..255.
 BAND_SHIFT = 4
@@ -108,8 +108,7 @@ class ProbCorrection:
         """
         n, positions, _ = probs7.shape
         b = bits.reshape(n, 3, positions).astype(np.int64)
-        r, g = b[:, 0], b[:, 1]
-        columns = np.stack((np.zeros_like(r), 1 + r, 3 + 2 * r + g), axis=1)  # (n, 3, Q)
+        columns = coded_columns(b)  # (n, 3, Q)
         q = np.take_along_axis(probs7.astype(np.int64).transpose(0, 2, 1), columns, axis=1)
         weight = coded[:, None, :] & np.where(np.asarray(rgb)[:, None], True, np.arange(3) == 0)[:, :, None]
         size = self.count.shape[1]

@@ -123,6 +123,13 @@ def quantise_probs7(logits: Tensor, prob_code: str = WRITTEN_PROB_CODE) -> Tenso
     return quantise_probs7_ref(logits, prob_code)
 
 
+def coded_columns(bits: np.ndarray) -> np.ndarray:
+    """Which of the 7 columns codes each bit: (B, 3, Q) int64 of (B, 3, Q) 0/1 bits (R: 0, G: 1 + r,
+    B: 3 + 2r + g)."""
+    r, g = bits[:, 0].astype(np.int64), bits[:, 1].astype(np.int64)
+    return np.stack((np.zeros_like(r), 1 + r, 3 + 2 * r + g), axis=1)
+
+
 def select_probs7(probs7: np.ndarray | Tensor, bits: np.ndarray | Tensor) -> np.ndarray:
     """The q of each coded bit: what the coder picks out of the 7 columns.
 
@@ -134,13 +141,9 @@ def select_probs7(probs7: np.ndarray | Tensor, bits: np.ndarray | Tensor) -> np.
         (B, 3, h*w) int64 q values (R, G, B).
     """
     q = np.asarray(probs7.cpu() if isinstance(probs7, Tensor) else probs7).astype(np.int64)
-    bt = np.asarray(bits.cpu() if isinstance(bits, Tensor) else bits).astype(np.int64)
-    bt = bt.reshape(bt.shape[0], 3, -1)
-    r, g = bt[:, 0], bt[:, 1]
-    q_r = q[..., 0]
-    q_g = np.take_along_axis(q, (1 + r)[..., None], axis=-1)[..., 0]
-    q_b = np.take_along_axis(q, (3 + 2 * r + g)[..., None], axis=-1)[..., 0]
-    return np.stack((q_r, q_g, q_b), axis=1)
+    bt = np.asarray(bits.cpu() if isinstance(bits, Tensor) else bits)
+    columns = coded_columns(bt.reshape(bt.shape[0], 3, -1))
+    return np.take_along_axis(q.transpose(0, 2, 1), columns, axis=1)
 
 
 @functools.lru_cache(maxsize=None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 from pathlib import Path
+from collections.abc import Callable
 from types import ModuleType
 
 import pytest
@@ -48,6 +49,19 @@ def perturbed_nets(config: str, seed: int = 0, scale: float = 0.3) -> tuple[torc
         for p in list(sig.parameters()) + list(ins.parameters()):
             p.add_(torch.randn_like(p) * scale)
     return sig, ins
+
+
+def edited_output_nets(edit: Callable[[str, torch.nn.Parameter], None], seed: int = 5,
+                       config: str = "tiny-context") -> tuple[torch.nn.Module, torch.nn.Module]:
+    """:func:`perturbed_nets` (eval mode) with ``edit(name, param)`` applied to every parameter of the
+    output convolutions: a model miscalibrated on purpose."""
+    sig, ins = perturbed_nets(config, seed=seed)
+    with torch.no_grad():
+        for net in (sig, ins):
+            for name, p in net.named_parameters():
+                if "conv_out" in name:
+                    edit(name, p)
+    return sig.eval(), ins.eval()
 
 
 def make_model_file(path: Path, seed: int = 0, config: str = "tiny-context") -> Path:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from aribbps.arib import AribCodec
 from aribbps.codec import PlaneCodec, PlaneNets
@@ -15,7 +14,7 @@ from aribbps.imageio import LoadedImage
 from aribbps.prob_correction import BAND_SHIFT, COLUMNS, PRIOR_COUNT, ProbCorrection, _nearest_bytes
 from aribbps.zoo import load
 from aribbps.probability import probability_masses, quantised_bits_cost
-from tests.conftest import perturbed_nets, smooth_images
+from tests.conftest import edited_output_nets, perturbed_nets, smooth_images
 
 
 def corrected_ref(correction: ProbCorrection, k: int, probs7: np.ndarray, prob_code: str) -> np.ndarray:
@@ -106,13 +105,8 @@ def test_bad_arguments_are_refused() -> None:
 
 def _biased_nets(bias: float) -> tuple[PlaneNets, int]:
     """tiny-context nets with random weights whose every logit is shifted by ``bias``."""
-    sig, ins = perturbed_nets("tiny-context", seed=5)
-    with torch.no_grad():
-        for net in (sig, ins):
-            for name, p in net.named_parameters():
-                if "conv_out" in name and name.endswith("bias"):
-                    p.add_(bias)
-    return PlaneNets(sig.eval(), ins.eval()), get_config("tiny-context").pad_multiple
+    sig, ins = edited_output_nets(lambda name, p: p.add_(bias) if name.endswith("bias") else None)
+    return PlaneNets(sig, ins), get_config("tiny-context").pad_multiple
 
 
 def _items() -> list[np.ndarray]:

@@ -12,7 +12,7 @@ from aribbps.temperature import (
     NEUTRAL_SYMBOL, SYMBOLS, TEMPERATURE_BITS, candidate_costs, choose_symbols, scaled_probs7, temperatures,
 )
 from kernels import dispatch
-from tests.conftest import perturbed_nets, smooth_images
+from tests.conftest import edited_output_nets, smooth_images
 
 
 def test_symbols_map_to_exact_taus_and_neutral_is_one() -> None:
@@ -59,13 +59,8 @@ def test_scaled_probs7_at_neutral_is_the_plain_quantisation() -> None:
 
 def _overconfident_nets(factor: float) -> tuple[PlaneNets, int]:
     """tiny-context nets with random weights whose every logit is scaled by ``factor``."""
-    sig, ins = perturbed_nets("tiny-context", seed=5)
-    with torch.no_grad():
-        for net in (sig, ins):
-            for name, p in net.named_parameters():
-                if "conv_out" in name:
-                    p.mul_(factor)
-    return PlaneNets(sig.eval(), ins.eval()), get_config("tiny-context").pad_multiple
+    sig, ins = edited_output_nets(lambda _, p: p.mul_(factor))
+    return PlaneNets(sig, ins), get_config("tiny-context").pad_multiple
 
 
 def _items() -> list[np.ndarray]:
