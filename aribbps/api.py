@@ -202,7 +202,7 @@ def encode_images(images: Sequence[LoadedImage], model: LoadedModel, lanes: int 
     # A lane without items would still cost its table entry and coder flush (~30 bytes).
     lanes = min(lanes, len(items))
     mode = mode or default_mode(model, len(items))
-    native_conv = model.device.type == "cpu"  # portable CPU numerics (aribbps.cpu_isa)
+    native_conv = dispatch.writes_native_conv(model.device)
     with dispatch.coding_numerics(model.device, native_conv):
         streams, stats, kernel_path, n_groups = _encode_items(items, model, mode, lanes, threads, progress,
                                                               lane_groups, temperatures, corrections)

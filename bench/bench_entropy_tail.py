@@ -195,7 +195,8 @@ def test_entropy_step_triton_path(benchmark):
 
 # ---------------------------------------------------------------- script mode
 def main(argv: list[str] | None = None) -> int:
-    with dispatch.coding_numerics("cuda" if CUDA else "cpu"):
+    device = "cuda" if CUDA else "cpu"
+    with dispatch.coding_numerics(device, dispatch.writes_native_conv(device)):  # as the codec computes
         return _main(argv)
 
 

@@ -109,7 +109,8 @@ def test_lattice_conv_torch_compile(benchmark):
 
 # ---------------------------------------------------------------- script mode
 def main(argv: list[str] | None = None) -> int:
-    with dispatch.coding_numerics("cuda" if CUDA else "cpu"):
+    device = "cuda" if CUDA else "cpu"
+    with dispatch.coding_numerics(device, dispatch.writes_native_conv(device)):  # as the codec computes
         return _main(argv)
 
 

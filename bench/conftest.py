@@ -16,5 +16,5 @@ def _coding_numerics():
     """No TF32, deterministic cuDNN on CUDA; on a CPU oneDNN and NNPACK off, as CPU files are coded
     (kernels/dispatch.coding_numerics)."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    with dispatch.coding_numerics(device, native_conv=device == "cpu"):
+    with dispatch.coding_numerics(device, dispatch.writes_native_conv(device)):
         yield

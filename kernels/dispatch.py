@@ -55,6 +55,7 @@ from kernels.entropy_tail import eca_gate, entropy_proj, entropy_tail, quantise_
 from kernels.lattice_conv import STEP_POSITIONS, lattice_conv
 
 __all__ = ["ENV_VAR", "KERNEL_PATHS", "KernelPathError", "check_kernel_path", "coding_numerics", "kernel_path",
+           "writes_native_conv",
            "quantise_latent_offsets", "quantise_probs7", "scatter_step_bits", "step_bits", "step_logits",
            "step_probs7", "to_host"]
 
@@ -85,6 +86,12 @@ def _set_numerics(state: tuple) -> None:
         matmul.fp32_precision, cudnn.conv.fp32_precision = state[2:]
     else:
         matmul.allow_tf32, cudnn.allow_tf32 = state[2:]
+
+
+def writes_native_conv(device: torch.device | str) -> bool:
+    """Whether the codec codes files on ``device`` with torch's own convolutions (container
+    features bit 1, :func:`coding_numerics`): every CPU file, for files that decode on other CPUs."""
+    return torch.device(device).type == "cpu"
 
 
 @contextmanager
