@@ -27,10 +27,11 @@ from aribbps.arib import ARIB_MODES, AribCodec, AribStats
 from aribbps.codec import CodingStats, PlaneCodec
 from aribbps.coder import NotEnoughBitsError, StreamError
 from aribbps import cpu_isa, cpu_threads, numerics_probe
-from aribbps.container import Archive, ImageRecord, check_model, encode_archive, name_from_file, read_archive
+from aribbps.container import (GREY_KEY, Archive, ImageRecord, check_model, encode_archive, name_from_file,
+                               read_archive)
 from aribbps.errors import ArchiveError, AribError, ChecksumError, ImageFormatError, NumericsMismatchError
-from aribbps.imageio import (MODE_CHANNELS, LoadedImage, join_alpha, load_image, output_name, pixel_checksum,
-                             save_image, split_alpha)
+from aribbps.imageio import (MODE_CHANNELS, LoadedImage, join_alpha, join_grey, load_image, output_name,
+                             pixel_checksum, save_image, split_alpha, split_grey)
 from aribbps.lane_groups import EXTRA_KEY as GROUPS_KEY
 from aribbps.lane_groups import (LaneGroup, coder_threads, default_groups, group_streams, merge_stats, plan_groups,
                                  recorded_groups, run_groups, scatter)
@@ -123,7 +124,7 @@ class _ItemRef:
 
 def _parts(record: ImageRecord) -> list[tuple[str, int]]:
     """(part, channels) of an image record, in coding order."""
-    colour = 1 if record.mode in ("L", "LA") else 3
+    colour = 1 if record.mode in ("L", "LA") or GREY_KEY in record.extra else 3
     parts = [("colour", colour)]
     if record.extra.get("alpha") == "coded":
         parts.append(("alpha", 1))
@@ -139,10 +140,14 @@ def _item_refs(records: Sequence[ImageRecord], tile: int) -> list[tuple[_ItemRef
     return refs
 
 
-def _split_image(image: LoadedImage) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+def coded_parts(image: LoadedImage) -> tuple[dict[str, np.ndarray], dict[str, str | bool]]:
+    """``(parts, extra)``: the arrays the codec codes for an image (``"colour"``, with one
+    channel for greyscale and for RGB whose channels are all equal, and ``"alpha"`` unless
+    there is none or it is 255 everywhere) and the record entries that rebuild it."""
     colour, alpha, opaque = split_alpha(image)
+    colour, grey = split_grey(colour)
     parts = {"colour": colour}
-    extra: dict[str, str] = {}
+    extra: dict[str, str | bool] = {GREY_KEY: True} if grey else {}
     if alpha is not None:
         parts["alpha"] = alpha
         extra["alpha"] = "coded"
@@ -191,7 +196,7 @@ def encode_images(images: Sequence[LoadedImage], model: LoadedModel, lanes: int 
     start = time.perf_counter()
     records, parts_of = [], []
     for image in images:
-        parts, extra = _split_image(image)
+        parts, extra = coded_parts(image)
         height, width = image.pixels.shape[:2]
         records.append(ImageRecord(image.name, image.fmt, image.mode, width, height, None, extra))
         parts_of.append(parts)
@@ -501,7 +506,8 @@ def _assemble(archive: Archive, refs: Sequence[tuple[_ItemRef, tuple[int, int, i
             parts[part] = assemble([t for t, _ in tiles_items], [a for _, a in tiles_items],
                                    record.height, record.width, channels)
         alpha_flag = record.extra.get("alpha")
-        pixels = join_alpha(parts["colour"], parts.get("alpha"), alpha_flag == "opaque")
+        colour = join_grey(parts["colour"], GREY_KEY in record.extra)
+        pixels = join_alpha(colour, parts.get("alpha"), alpha_flag == "opaque")
         if record.checksum is not None and pixel_checksum(pixels) != bytes(record.checksum):
             raise ChecksumError(f"image {record.name!r} did not decode to the pixels that were encoded "
                                 "(checksum mismatch): the file is corrupted or the decoder differs from the encoder")
@@ -575,6 +581,6 @@ def info(archive_path: str | Path) -> dict:
         "images": len(archive.images), "subpixels": subpixels,
         "bpd": size * 8 / subpixels if subpixels else 0.0,
         "lane_bytes": [len(s) for s in archive.lane_streams],
-        "records": [{"name": r.name, "format": r.fmt, "mode": r.mode, "width": r.width, "height": r.height}
-                    for r in archive.images],
+        "records": [{"name": r.name, "format": r.fmt, "mode": r.mode, "width": r.width, "height": r.height,
+                     "grey": GREY_KEY in r.extra} for r in archive.images],
     }

@@ -163,7 +163,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
         print(f"{key:14s} {summary[key]}")
     print(f"{'bpd':14s} {summary['bpd']:.4f}")
     for r in summary["records"][:20]:
-        print(f"  {r['name']}  {r['width']}x{r['height']} {r['mode']} {r['format']}")
+        grey = " (coded as grey: its three channels are equal)" if r["grey"] else ""
+        print(f"  {r['name']}  {r['width']}x{r['height']} {r['mode']} {r['format']}{grey}")
     if len(summary["records"]) > 20:
         print(f"  ... and {len(summary['records']) - 20} more")
     return EXIT_OK

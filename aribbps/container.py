@@ -100,13 +100,19 @@ _META_STORED, _META_ZLIB = 0, 1
 #: 6 probability code (:attr:`Archive.prob_code`), 7 temperature symbols in the
 #: lanes (:attr:`Archive.temperatures`). The byte is full: version 4 adds a
 #: features byte after it, bit 0 :attr:`Archive.corrections`, bit 1
-#: :attr:`Archive.native_conv`; a reader refuses a file with a features bit it does not know.
+#: :attr:`Archive.native_conv`, bit 2 records with :data:`GREY_KEY`; a reader
+#: refuses a file with a features bit it does not know.
 _V3_NAME_FROM_FILE = 1 << 5
 _V3_PROB_CODE_SHIFT = 6
 _V3_TEMPERATURES = 1 << 7
 _V4_CORRECTIONS = 1 << 0
 _V4_NATIVE_CONV = 1 << 1
-_V4_KNOWN_FEATURES = _V4_CORRECTIONS | _V4_NATIVE_CONV
+_V4_GREY = 1 << 2
+_V4_KNOWN_FEATURES = _V4_CORRECTIONS | _V4_NATIVE_CONV | _V4_GREY
+#: Image-record ``extra`` key, value True: the RGB(A) image's three colour channels are
+#: equal everywhere and were coded as one (:func:`aribbps.imageio.split_grey`). Files
+#: holding such a record set features bit 2, so that a reader from before refuses them.
+GREY_KEY = "grey"
 # Flag bit 6 is the coder's probability code (aribbps.coder.PROB_CODES, index 0 or 1);
 # version 1-2 files and version-3 files without the bit are "linear".
 #: What a name taken from the file's own name is called when there is none.
@@ -265,6 +271,16 @@ def _check_record(i: int, r: ImageRecord) -> None:
     if r.checksum is not None:
         raise ValueError(f"image {i}: version {FORMAT_VERSION} stores no per-image checksum "
                          f"(the lane seals check the pixels); got {r.checksum!r}")
+    _check_grey(r, ValueError, f"image {i}")
+
+
+def _check_grey(r: ImageRecord, error: type[Exception], what: str) -> None:
+    """:data:`GREY_KEY` is absent, or True on an RGB or RGBA image."""
+    if not isinstance(r.extra, dict):
+        return  # refused where the dict is packed
+    grey = r.extra.get(GREY_KEY)
+    if GREY_KEY in r.extra and (grey is not True or r.mode not in ("RGB", "RGBA")):
+        raise error(f"{what}: {GREY_KEY!r} is {grey!r} on a {r.mode} image (True on RGB or RGBA only)")
 
 
 def _coded_str(value: str, table: tuple[str, ...]) -> bytes:
@@ -310,9 +326,15 @@ def _flags(a: Archive, meta_codec: int) -> int:
             | (_V3_TEMPERATURES if a.temperatures else 0))
 
 
+def _has_grey(images: list[ImageRecord]) -> bool:
+    return any(GREY_KEY in r.extra for r in images)
+
+
 def _features(a: Archive) -> int:
-    """The version-4 features byte: probability corrections, CPU convolutions without oneDNN."""
-    return (_V4_CORRECTIONS if a.corrections else 0) | (_V4_NATIVE_CONV if a.native_conv else 0)
+    """The version-4 features byte: probability corrections, CPU convolutions without oneDNN,
+    grey RGB images."""
+    return ((_V4_CORRECTIONS if a.corrections else 0) | (_V4_NATIVE_CONV if a.native_conv else 0)
+            | (_V4_GREY if _has_grey(a.images) else 0))
 
 
 def _check_archive(a: Archive) -> None:
@@ -646,6 +668,11 @@ def _decode_varint_header(view: memoryview, version: int, file_name: str | None)
     if features & _V4_NATIVE_CONV and fields["device_kind"] != "cpu":
         raise ArchiveError("corrupted: features bit 1 (CPU convolutions) on a file coded on "
                            f"{fields['device_kind']}")
+    for i, record in enumerate(fields["images"]):
+        _check_grey(record, ArchiveError, f"corrupted: image {i}")
+    if bool(features & _V4_GREY) != _has_grey(fields["images"]):
+        raise ArchiveError(f"corrupted: features bit 2 (grey RGB images) is {int(bool(features & _V4_GREY))} "
+                           f"but {'some' if _has_grey(fields['images']) else 'no'} image record says grey")
     return Archive(model_hash=model_id, lanes=n_lanes, sealed_lanes=flags is not None,
                    lane_streams=_split_streams(view, header_end, lengths),
                    corrections=bool(features & _V4_CORRECTIONS), native_conv=bool(features & _V4_NATIVE_CONV),

@@ -21,11 +21,11 @@ import torch
 from aribbps.bitplanes import NUM_STEPS, step_view
 from aribbps.codec import teacher_forced_steps, theoretical_cost
 from aribbps import api
-from aribbps.api import CONTEXT_MODE, DEFAULT_TILE, CompressResult, decode_archive_images, encode_images
+from aribbps.api import CONTEXT_MODE, DEFAULT_TILE, CompressResult, coded_parts, decode_archive_images, encode_images
 from aribbps.container import decode_archive
 from aribbps.errors import AribError
 from aribbps.models.latent import logistic_log2_density
-from aribbps.imageio import MODE_CHANNELS, LoadedImage, split_alpha
+from aribbps.imageio import MODE_CHANNELS, LoadedImage
 from aribbps.tiling import cut_tiles, pad_to_multiple, tile_grid, valid_mask
 from aribbps.zoo import LoadedModel
 
@@ -110,10 +110,7 @@ def theoretical_bits(images: Sequence[LoadedImage], model: LoadedModel, tile: in
     """
     groups: dict[tuple[int, int], list[tuple[np.ndarray, np.ndarray, bool]]] = {}
     for image in images:
-        colour, alpha, _ = split_alpha(image)
-        for part in (colour, alpha):
-            if part is None:
-                continue
+        for part in coded_parts(image)[0].values():
             for item in cut_tiles(part, tile_grid(part.shape[0], part.shape[1], tile)):
                 padded = pad_to_multiple(item, model.cfg.pad_multiple)
                 mask = valid_mask(item.shape[1], item.shape[2], padded.shape[1], padded.shape[2])

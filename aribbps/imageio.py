@@ -318,6 +318,27 @@ def split_alpha(
     return colour, alpha, False
 
 
+def split_grey(colour: np.ndarray) -> tuple[np.ndarray, bool]:
+    """``(colour, grey)``: an RGB colour part whose three channels are equal
+    everywhere as its one channel and True (coded as greyscale, which saves
+    the bits of the two copies); any other part unchanged and False."""
+    if colour.ndim != 3 or colour.shape[2] != 3:
+        return colour, False
+    red = colour[..., :1]
+    if bool((colour == red).all()):
+        return np.ascontiguousarray(red), True
+    return colour, False
+
+
+def join_grey(colour: np.ndarray, grey: bool) -> np.ndarray:
+    """Inverse of :func:`split_grey`: the one channel repeated three times where ``grey``."""
+    if not grey:
+        return colour
+    if colour.ndim != 3 or colour.shape[2] != 1:
+        raise ValueError(f"a grey colour part has one channel, got shape {colour.shape}")
+    return np.repeat(colour, 3, axis=2)
+
+
 def join_alpha(
     colour: np.ndarray, alpha: np.ndarray | None, alpha_opaque: bool
 ) -> np.ndarray:

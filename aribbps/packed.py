@@ -18,7 +18,7 @@ from .errors import ArchiveError
 
 #: Dict keys stored as a one-byte code (k + 1); append only, never reorder.
 KNOWN_KEYS: tuple[str, ...] = ("qp", "pad", "alpha", "lane_groups", "cpu_threads", "cpu_isa", "numerics_probe",
-                               "aten_cpu", "mkl_cbwr")
+                               "aten_cpu", "mkl_cbwr", "grey")
 #: Deepest nesting of lists and dicts a writer writes and a reader accepts.
 MAX_DEPTH = 16
 

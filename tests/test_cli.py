@@ -10,9 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from aribbps import api
+from aribbps import api, zoo
 from aribbps.cli import EXIT_BAD_INPUT, EXIT_OK, EXIT_OS, EXIT_USAGE, main
 from aribbps.container import decode_archive, encode_archive, fixed_overhead_bytes, read_archive
+from aribbps.imageio import LoadedImage
 
 
 def _rng(seed: int = 0) -> np.random.Generator:
@@ -45,6 +46,9 @@ def _cases(d: Path) -> dict[str, Path]:
         "opaque": _save(d / "opaque.png", np.dstack([rng.integers(0, 256, (6, 6, 3), dtype=np.uint8),
                                                      np.full((6, 6), 255, np.uint8)])),
         "la": _save(d / "la.png", np.dstack([grad[:8, :8], grad[:8, :8] // 3]), "LA"),
+        "grey_rgb": _save(d / "grey_rgb.png", np.dstack([grad] * 3)),
+        "grey_rgba": _save(d / "grey_rgba.png", np.dstack([grad[:9, :7]] * 3 + [grad[:9, :7] // 5])),
+        "grey_opaque": _save(d / "grey_opaque.png", np.dstack([grad[:5, :6]] * 3 + [np.full((5, 6), 255, np.uint8)])),
     }
     palette = Image.fromarray(rng.integers(0, 256, (10, 12, 3), dtype=np.uint8)).quantize(16)
     palette.save(d / "palette.png")
@@ -74,6 +78,31 @@ def test_cli_round_trip_of_every_kind_of_image(tmp_path: Path, model_file: Path,
     for name, path in cases.items():
         restored = out / (path.stem + (".bmp" if path.suffix == ".bmp" else ".png"))
         np.testing.assert_array_equal(_pixels(restored), _expected(path), err_msg=name)
+
+
+def test_rgb_with_equal_channels_is_coded_as_grey(tmp_path: Path, model_file: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """Its lanes are those of the same pixels as an L image (the two copies cost nothing), and it
+    comes back as RGB; an RGB image with one sub-pixel off is coded in colour."""
+    grad = (np.add.outer(np.arange(40), np.arange(30)) * 3).astype(np.uint8)
+    model = zoo.load(model_file)
+    rgb = LoadedImage("a.png", "PNG", "RGB", np.dstack([grad] * 3))
+    as_grey = api.encode_images([rgb], model, lanes=1)
+    as_l = api.encode_images([LoadedImage("a.png", "PNG", "L", grad[..., None])], model, lanes=1)
+    assert as_grey.archive.lane_streams == as_l.archive.lane_streams
+    assert as_grey.archive.images[0].extra == {"grey": True} and as_grey.archive.images[0].mode == "RGB"
+    off = rgb.pixels.copy()
+    off[7, 3, 2] ^= 1
+    colour = api.encode_images([LoadedImage("a.png", "PNG", "RGB", off)], model, lanes=1)
+    assert "grey" not in colour.archive.images[0].extra and len(colour.data) > len(as_grey.data)
+    arib = tmp_path / "a.arib"
+    arib.write_bytes(as_grey.data)
+    decoded = api.decode_archive_images(read_archive(arib), model)
+    assert decoded[0].record.mode == "RGB"
+    np.testing.assert_array_equal(decoded[0].pixels, rgb.pixels)
+    capsys.readouterr()
+    assert main(["info", str(arib)]) == EXIT_OK
+    assert "a.png  30x40 RGB PNG (coded as grey: its three channels are equal)" in capsys.readouterr().out
 
 
 def test_tiled_large_image_round_trip(tmp_path: Path, model_file: Path) -> None:

@@ -29,6 +29,7 @@ from aribbps.container import (
 )
 from aribbps.errors import ArchiveError, AribError, ModelMismatchError
 from aribbps.imageio import pixel_checksum
+from aribbps.packed import pack_dict
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "format.md"
 HASH_A = hashlib.sha256(b"weights A").digest()
@@ -137,7 +138,7 @@ names = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters
                 min_size=1, max_size=12).filter(lambda s: s not in (".", ".."))
 json_scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**60, 2**60), st.text(max_size=6),
                          st.floats(allow_nan=False, allow_infinity=False))
-extras = st.dictionaries(st.text(max_size=5),
+extras = st.dictionaries(st.text(max_size=5).filter(lambda key: key != C.GREY_KEY),  # grey: its own test
                          st.one_of(json_scalars, st.lists(json_scalars, max_size=3)), max_size=3)
 records = st.builds(
     ImageRecord, names, st.sampled_from(["PNG", "JPEG", "BMP", "TIFF", "WEBP"]),
@@ -329,7 +330,7 @@ def test_bad_version_2_metadata_behind_valid_crc(n: int, meta: bytes, match: str
     (1, meta_v3(["a"], fmts=b"\x00\x00"), "empty image 0 format"),
     (0, meta_v3([], model=b"\x00\x00"), "empty model name"),
     (0, meta_v3([], model=b"\x40"), "unknown model name code 64"),
-    (0, meta_v3([], extra=b"\x01\x0a\x00\x00"), "unknown key code 10"),
+    (0, meta_v3([], extra=b"\x01\x0b\x00\x00"), "unknown key code 11"),
     (0, meta_v3([], extra=b"\x01\x01\x0c"), "unknown value tag 12"),
     (0, meta_v3([], extra=b"\x02\x01\x00\x00\x01\x00\x00"), "repeats the key 'qp'"),
     (0, meta_v3([], extra=b"\x01\x01\x08" + struct.pack("<d", float("inf"))), "not finite"),
@@ -385,13 +386,42 @@ def test_an_unknown_features_bit_is_refused() -> None:
     assert both.corrections and both.native_conv
     expect_archive_error(forge(flags=0x05, features=0x02, meta=meta), "features bit 1 .* on a file coded on cuda")
     assert not decode_archive(forge(flags=0x01, features=0x01, meta=meta)).native_conv
-    for bit in range(2, 8):
+    for bit in range(3, 8):
         expect_archive_error(forge(flags=0x01, features=1 << bit, meta=meta),
                              "coding features this aribbps does not know")
     assert not decode_archive(forge(version=3, flags=0x01, meta=meta)).corrections
     damaged = bytearray(encode_archive(small_archive(1, 1)))
     damaged[16] ^= 0x80  # the features byte of a real file: the CRC speaks first
     expect_archive_error(bytes(damaged), "^corrupted: checksum mismatch$")
+
+
+def test_grey_records_set_features_bit_2() -> None:
+    """An RGB(A) record coded as grey sets bit 2, so that a reader from before refuses the file;
+    the bit and the records must agree, and only RGB and RGBA images can be grey."""
+    a = small_archive(4, 1)
+    plain = encode_archive(a)
+    a.images[2].extra[C.GREY_KEY] = True  # RGB
+    a.images[3].extra[C.GREY_KEY] = True  # RGBA
+    data = encode_archive(a)
+    assert plain[16] == 0 and data[16] == 0x04
+    assert decode_archive(data) == a
+    a.images[0].extra[C.GREY_KEY] = True  # L
+    with pytest.raises(ValueError, match="'grey' is True on a L image"):
+        encode_archive(a)
+    grey, plain_meta = meta_v3(["a"], image_extra=pack_dict({C.GREY_KEY: True}, "test")), meta_v3(["a"])
+    assert decode_archive(forge(flags=0x01, features=0x04, n_images=1, meta=grey)).images[0].extra == {"grey": True}
+    expect_archive_error(forge(flags=0x01, features=0x00, n_images=1, meta=grey),
+                         "features bit 2 .* is 0 but some image record says grey")
+    expect_archive_error(forge(flags=0x01, features=0x04, n_images=1, meta=plain_meta),
+                         "features bit 2 .* is 1 but no image record says grey")
+    expect_archive_error(forge(flags=0x01, features=0x04, n_images=1,
+                               meta=meta_v3(["a"], image_extra=pack_dict({C.GREY_KEY: 1}, "test"))),
+                         "corrupted: image 0: 'grey' is 1 on a RGB image")
+    as_l = bytearray(grey)
+    assert as_l[6] == 2  # the mode code of meta_v3's one image: RGB
+    as_l[6] = 0
+    expect_archive_error(forge(flags=0x01, features=0x04, n_images=1, meta=bytes(as_l)),
+                         "'grey' is True on a L image")
 
 
 def _read_old_example(version: int, expected: Archive) -> bytes:

@@ -21,11 +21,13 @@ from aribbps.imageio import (
     LoadedImage,
     _normalise,
     join_alpha,
+    join_grey,
     load_image,
     output_name,
     pixel_checksum,
     save_image,
     split_alpha,
+    split_grey,
 )
 
 
@@ -308,6 +310,22 @@ def test_pixel_checksum_definition() -> None:
     assert pixel_checksum(np.asfortranarray(pixels)) == expected
     with pytest.raises(ValueError):
         pixel_checksum(pixels.astype(np.uint16))
+
+
+def test_split_join_grey() -> None:
+    rng = np.random.default_rng(3)
+    grey = rng.integers(0, 256, (5, 4, 1), dtype=np.uint8)
+    colour, is_grey = split_grey(np.repeat(grey, 3, axis=2))
+    assert is_grey and colour.shape == (5, 4, 1) and colour.flags.c_contiguous
+    np.testing.assert_array_equal(colour, grey)
+    np.testing.assert_array_equal(join_grey(colour, True), np.repeat(grey, 3, axis=2))
+    almost = np.repeat(grey, 3, axis=2)
+    almost[4, 3, 1] ^= 0x80
+    for pixels in (almost, grey, rng.integers(0, 256, (2, 2, 3), dtype=np.uint8)):
+        same, is_grey = split_grey(pixels)
+        assert not is_grey and same is pixels and join_grey(same, False) is same
+    with pytest.raises(ValueError, match="one channel"):
+        join_grey(almost, True)
 
 
 @pytest.mark.parametrize("mode", ["L", "LA", "RGB", "RGBA"])
