@@ -318,16 +318,21 @@ def split_alpha(
     return colour, alpha, False
 
 
+#: Rows compared at a time by :func:`split_grey`, which bounds its scratch memory.
+_GREY_CHECK_ROWS = 256
+
+
 def split_grey(colour: np.ndarray) -> tuple[np.ndarray, bool]:
     """``(colour, grey)``: an RGB colour part whose three channels are equal
     everywhere as its one channel and True (coded as greyscale, which saves
     the bits of the two copies); any other part unchanged and False."""
     if colour.ndim != 3 or colour.shape[2] != 3:
         return colour, False
-    red = colour[..., :1]
-    if bool((colour == red).all()):
-        return np.ascontiguousarray(red), True
-    return colour, False
+    for top in range(0, colour.shape[0], _GREY_CHECK_ROWS):  # in bands: a colour image stops at its first
+        band = colour[top:top + _GREY_CHECK_ROWS]
+        if not bool((band == band[..., :1]).all()):
+            return colour, False
+    return np.ascontiguousarray(colour[..., :1]), True
 
 
 def join_grey(colour: np.ndarray, grey: bool) -> np.ndarray:

@@ -326,6 +326,10 @@ def test_split_join_grey() -> None:
         assert not is_grey and same is pixels and join_grey(same, False) is same
     with pytest.raises(ValueError, match="one channel"):
         join_grey(almost, True)
+    tall = np.repeat(rng.integers(0, 256, (600, 2, 1), dtype=np.uint8), 3, axis=2)  # checked in bands of rows
+    assert split_grey(tall)[1]
+    tall[599, 1, 0] ^= 1
+    assert not split_grey(tall)[1]
 
 
 @pytest.mark.parametrize("mode", ["L", "LA", "RGB", "RGBA"])
