@@ -64,7 +64,7 @@ class PlaneNets:
 @dataclass(frozen=True)
 class Stage:
     """One coding pass over a plane: lattice step ``s``, or one of the parts
-    a model codes step 1 or 2 in (:mod:`aribbps.models.step_parts`)."""
+    a model codes a step in (:mod:`aribbps.models.step_parts`)."""
 
     s: int
     part: StepPart | None = None

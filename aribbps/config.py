@@ -56,6 +56,7 @@ class NetConfig:
         split_step_1a1a: and the first of those in two again, the second refined.
         split_step_2: code lattice step 2 in two halves, a checkerboard of its
             positions, the second refined by the first's bits.
+        split_step_3, split_step_4: the same for lattice steps 3 and 4.
         refine_width, refine_depth: width and residual blocks of those refinements.
     """
 
@@ -73,6 +74,8 @@ class NetConfig:
     split_step_1a1: bool = False
     split_step_1a1a: bool = False
     split_step_2: bool = False
+    split_step_3: bool = False
+    split_step_4: bool = False
     refine_width: int = 32
     refine_depth: int = 2
 
@@ -129,13 +132,15 @@ class ModelConfig:
     use_latent: bool = True
     #: Code each plane's lattice step 1 as a checkerboard in two halves, the
     #: first half in two again, and the first of those in two again, twice (see
-    #: :class:`NetConfig`); step 2 as a checkerboard; the refinement nets'
-    #: width and depth.
+    #: :class:`NetConfig`); steps 2, 3 and 4 as checkerboards; the refinement
+    #: nets' width and depth.
     split_first_step: bool = False
     split_step_1a: bool = False
     split_step_1a1: bool = False
     split_step_1a1a: bool = False
     split_step_2: bool = False
+    split_step_3: bool = False
+    split_step_4: bool = False
     refine_width: int = 32
     refine_depth: int = 2
 
@@ -180,6 +185,8 @@ class ModelConfig:
             split_step_1a1=self.split_step_1a1,
             split_step_1a1a=self.split_step_1a1a,
             split_step_2=self.split_step_2,
+            split_step_3=self.split_step_3,
+            split_step_4=self.split_step_4,
             refine_width=self.refine_width,
             refine_depth=self.refine_depth,
         )
@@ -201,6 +208,8 @@ class ModelConfig:
             split_step_1a1=self.split_step_1a1,
             split_step_1a1a=self.split_step_1a1a,
             split_step_2=self.split_step_2,
+            split_step_3=self.split_step_3,
+            split_step_4=self.split_step_4,
             refine_width=self.refine_width,
             refine_depth=self.refine_depth,
         )
@@ -314,6 +323,9 @@ CONFIGS["medium-split2"] = dataclasses.replace(CONFIGS["medium-split"], name="me
 CONFIGS["medium-split3"] = dataclasses.replace(CONFIGS["medium-split2"], name="medium-split3", split_step_1a1=True)
 CONFIGS["medium-split3-s2"] = dataclasses.replace(CONFIGS["medium-split3"], name="medium-split3-s2",
                                                   split_step_2=True)
+# ``medium-split3-s2`` with steps 3 and 4 split the same way as step 2.
+CONFIGS["medium-split3-s234"] = dataclasses.replace(CONFIGS["medium-split3-s2"], name="medium-split3-s234",
+                                                    split_step_3=True, split_step_4=True)
 CONFIGS["medium-split4-s2"] = dataclasses.replace(CONFIGS["medium-split3-s2"], name="medium-split4-s2",
                                                   split_step_1a1a=True)
 # ``medium`` with a deeper INS net (planes 5-8 hold most of the bits), grown

@@ -1,4 +1,4 @@
-"""Split lattice steps 1 and 2: causality, the coding stages, exact round trips, training pieces."""
+"""Split lattice steps: causality, the coding stages, exact round trips, training pieces."""
 from __future__ import annotations
 
 import dataclasses
@@ -13,17 +13,19 @@ from aribbps.codec import PlaneCodec, PlaneNets, Stage, coding_stages, teacher_f
 from aribbps.config import ModelConfig, get_config
 from aribbps.models.bitplane_net import build_nets
 from aribbps.models.deepen import deepen, deepening_problem
-from aribbps.models.step_parts import StepPart, first_step_parts, pattern_mask, second_step_parts
+from aribbps.models.step_parts import StepPart, first_step_parts, later_step_parts, pattern_mask
 from aribbps.train.trainer import freeze_all_but
 from kernels import HAS_TRITON, interpreter_mode
 from tests.conftest import smooth_images
 
 
 def split_config(base: str = "tiny", levels: int = 1) -> ModelConfig:
-    """``levels`` 1-5: split_first_step, + split_step_1a, + split_step_1a1, + split_step_2, + split_step_1a1a."""
+    """``levels`` 1-5: split_first_step, + split_step_1a, + split_step_1a1, + split_step_2, + split_step_1a1a;
+    6: level 4 + split_step_3 and split_step_4."""
     return dataclasses.replace(get_config(base), name=f"{base}-split{levels}", split_first_step=True,
                                split_step_1a=levels >= 2, split_step_1a1=levels >= 3, split_step_2=levels >= 4,
-                               split_step_1a1a=levels >= 5, refine_width=8)
+                               split_step_1a1a=levels == 5, split_step_3=levels >= 6, split_step_4=levels >= 6,
+                               refine_width=8)
 
 
 def split_nets(base: str = "tiny", seed: int = 0, scale: float = 0.3, levels: int = 1) -> tuple[PlaneNets, int]:
@@ -47,25 +49,25 @@ def _items(seed: int, n: int) -> list[np.ndarray]:
     return out
 
 
-@pytest.mark.parametrize("levels", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("levels", [1, 2, 3, 4, 5, 6])
 def test_the_parts_partition_their_steps(levels: int) -> None:
     nets, _ = split_nets(levels=levels)
     stages = coding_stages(nets.ins)
     names = {1: ["a", "b"], 2: ["a1", "a2", "b"], 3: ["a1a", "a1b", "a2", "b"], 4: ["a1a", "a1b", "a2", "b"],
-             5: ["a1a1", "a1a2", "a1b", "a2", "b"]}[levels]
-    second = [(2, "a"), (2, "b")] if levels >= 4 else [(2, None)]
-    assert [(st.s, st.part.name if st.part else None) for st in stages] == \
-        [(1, n) for n in names] + second + [(3, None), (4, None)]
+             5: ["a1a1", "a1a2", "a1b", "a2", "b"], 6: ["a1a", "a1b", "a2", "b"]}[levels]
+    later = [(s, n) for s in (2, 3, 4) for n in (("a", "b") if levels >= 4 + (s > 2) * 2 else (None,))]
+    assert [(st.s, st.part.name if st.part else None) for st in stages] == [(1, n) for n in names] + later
     plain, _ = arib_free_nets()
     assert [(st.s, st.whole) for st in coding_stages(plain.ins)] == [(s, True) for s in range(1, 5)]
     valid = torch.zeros(2, 1, 10, 12, dtype=torch.bool)
     valid[0, :, :7, :9] = True
     valid[1] = True
-    for s in (1, 2):
+    for s in (1, 2, 3, 4):
         parts = [st.valid(valid) for st in stages if st.s == s]
         assert int(sum(p.sum() for p in parts)) == int(Stage(s).valid(valid).sum())
         assert torch.equal(torch.stack(parts).any(0), Stage(s).valid(valid))
-    for order in (first_step_parts(True, levels >= 2, levels >= 3, levels >= 5), second_step_parts(levels >= 4)):
+    later_orders = [later_step_parts(s, split) for s, split in ((2, levels >= 4), (3, levels >= 6), (4, levels >= 6))]
+    for order in [first_step_parts(True, levels >= 2, levels >= 3, levels == 5), *later_orders]:
         for i, part in enumerate(order):  # each refined part reads only parts of its step coded before it
             if part.known is not None:
                 coded_before = torch.stack([pattern_mask(p.pattern, 6, 6) for p in order[:i]]).any(0)
@@ -85,7 +87,7 @@ def arib_free_nets() -> tuple[PlaneNets, int]:
     return PlaneNets(sig.eval(), ins.eval()), cfg.pad_multiple
 
 
-@pytest.mark.parametrize("levels", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("levels", [1, 2, 3, 4, 5, 6])
 def test_a_refined_part_reads_its_known_bits_and_nothing_else(levels: int) -> None:
     nets, _ = split_nets(levels=levels)
     net = nets.ins
@@ -94,7 +96,7 @@ def test_a_refined_part_reads_its_known_bits_and_nothing_else(levels: int) -> No
     with torch.no_grad():
         context = net.plane_context(x, k)
         bits = plane_bits(x, k)
-        for part in net.step_parts(1) + net.step_parts(2):
+        for part in sum((net.step_parts(s) for s in range(1, 5)), ()):
             if part.refine is None:
                 continue
             logits = net.step_logits(k, part.step, context, bits)
@@ -103,7 +105,7 @@ def test_a_refined_part_reads_its_known_bits_and_nothing_else(levels: int) -> No
             flip_other, flip_known = bits.clone(), bits.clone()
             step_view(flip_other, part.step)[:] ^= (~known).to(torch.uint8)
             step_view(flip_known, part.step)[:] ^= known.to(torch.uint8)
-            for s in {1, 2} - {part.step}:  # and no bit of the other step
+            for s in {1, 2, 3, 4} - {part.step}:  # and no bit of the other steps
                 step_view(flip_other, s)[:] ^= 1
             assert torch.equal(net.refined_logits(k, part, context, logits, flip_other), refined)
             assert not torch.allclose(net.refined_logits(k, part, context, logits, flip_known), refined)
@@ -115,7 +117,8 @@ def test_a_refined_part_reads_its_known_bits_and_nothing_else(levels: int) -> No
 
 @pytest.mark.parametrize("mode,lanes,levels", [("single", 1, 1), ("single", 3, 2), ("dataset", 4, 1),
                                               ("dataset", 2, 2), ("single", 2, 3), ("dataset", 3, 3),
-                                              ("single", 2, 4), ("dataset", 3, 5)])
+                                              ("single", 2, 4), ("dataset", 3, 5), ("single", 2, 6),
+                                              ("dataset", 2, 6)])
 def test_arib_round_trip(mode: str, lanes: int, levels: int) -> None:
     nets, multiple = split_nets(levels=levels)
     items = _items(lanes, 13)
@@ -127,7 +130,7 @@ def test_arib_round_trip(mode: str, lanes: int, levels: int) -> None:
         np.testing.assert_array_equal(got, want)
 
 
-@pytest.mark.parametrize("levels", [1, 2, 3, 5])
+@pytest.mark.parametrize("levels", [1, 2, 3, 5, 6])
 def test_context_codec_round_trip_and_its_accounting(levels: int) -> None:
     nets, multiple = split_nets("tiny-context", seed=2, scale=0.1, levels=levels)
     items = _items(9, 9)
@@ -142,8 +145,9 @@ def test_context_codec_round_trip_and_its_accounting(levels: int) -> None:
 
 @pytest.mark.skipif(not (HAS_TRITON and interpreter_mode()), reason="needs triton and TRITON_INTERPRET=1")
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
-def test_round_trip_on_the_triton_path() -> None:
-    nets, multiple = split_nets("tiny-context", seed=3, scale=0.2, levels=5)
+@pytest.mark.parametrize("levels", [5, 6])
+def test_round_trip_on_the_triton_path(levels: int) -> None:
+    nets, multiple = split_nets("tiny-context", seed=3, scale=0.2, levels=levels)
     items = _items(4, 2)
     codec = PlaneCodec(nets, multiple, 1, threads=1, kernel_path="triton")
     streams, _ = codec.encode(items)
@@ -151,7 +155,7 @@ def test_round_trip_on_the_triton_path() -> None:
         np.testing.assert_array_equal(got, want)
 
 
-@pytest.mark.parametrize("levels", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("levels", [1, 2, 3, 4, 5, 6])
 def test_training_cost_is_what_the_coder_is_given(levels: int) -> None:
     nets, _ = split_nets(seed=4, scale=0.2, levels=levels)
     valid = torch.ones(3, 1, 16, 16, dtype=torch.bool)
@@ -173,12 +177,14 @@ def test_a_model_grown_into_the_split_config_codes_as_before():
     with torch.no_grad():
         for p in list(sig.parameters()) + list(ins.parameters()):
             p.add_(torch.randn_like(p) * 0.2)
-    target, twice, thrice, step2, fourth = (split_config(levels=n) for n in (1, 2, 3, 4, 5))
+    target, twice, thrice, step2, fourth, steps34 = (split_config(levels=n) for n in (1, 2, 3, 4, 5, 6))
     assert deepening_problem(base, target) is None and deepening_problem(target, twice) is None
     assert deepening_problem(twice, thrice) is None and deepening_problem(thrice, step2) is None
     assert "split_step_2 (True -> False)" in deepening_problem(step2, thrice)
     assert deepening_problem(step2, fourth) is None
     assert "split_step_1a1a (True -> False)" in deepening_problem(fourth, step2)
+    assert deepening_problem(step2, steps34) is None
+    assert "split_step_3 (True -> False)" in deepening_problem(steps34, step2)
     assert "split_first_step (True -> False)" in deepening_problem(target, base)
     assert "split_step_1a (True -> False)" in deepening_problem(twice, target)
     assert "split_step_1a1 (True -> False)" in deepening_problem(thrice, twice)
@@ -191,6 +197,7 @@ def test_a_model_grown_into_the_split_config_codes_as_before():
     _, grown_thrice = deepen(twice, (sig, grown_twice), thrice)
     _, grown_step2 = deepen(thrice, (sig, grown_thrice), step2)
     _, grown_fourth = deepen(step2, (sig, grown_step2), fourth)
+    _, grown_steps34 = deepen(step2, (sig, grown_step2), steps34)
     x = smooth_images(2, 16, 1)
     with torch.no_grad():
         before = ins.eval().plane_costs(x)
@@ -201,6 +208,7 @@ def test_a_model_grown_into_the_split_config_codes_as_before():
         torch.testing.assert_close(grown_thrice.eval().plane_costs(x), refined)
         torch.testing.assert_close(grown_step2.eval().plane_costs(x), refined)
         torch.testing.assert_close(grown_fourth.eval().plane_costs(x), refined)
+        torch.testing.assert_close(grown_steps34.eval().plane_costs(x), refined)
 
 
 def test_train_only_freezes_everything_but_the_named_part():
@@ -210,6 +218,16 @@ def test_train_only_freezes_everything_but_the_named_part():
     assert trained == len(names) > 0 and all(".refine." in f".{n}" for n in names)
     with pytest.raises(ValueError, match="no trained parameter"):
         freeze_all_but(nets.ins, "no-such-part")
+    with pytest.raises(ValueError, match="no trained parameter has 'refine_step3'"):
+        freeze_all_but(nets.ins, "refine,refine_step3")
+
+
+def test_train_only_takes_a_list_of_parts():
+    nets, _ = split_nets(levels=6)
+    trained = freeze_all_but(nets.ins, "refine_step3, refine_step4")
+    names = [n for n, p in nets.ins.named_parameters() if p.requires_grad]
+    assert trained == len(names) > 0
+    assert {n.split(".")[0] for n in names} == {"refine_step3", "refine_step4"}
 
 
 @pytest.mark.parametrize("field,needs", [("split_step_1a", "split_first_step"), ("split_step_1a1", "split_step_1a"),

@@ -27,7 +27,7 @@ from aribbps.models.entropy_head import EntropyHead
 from aribbps.models.latent import LatentModel
 from aribbps.models.plane_context import PlaneContext
 from aribbps.models.space_context import SpaceContext
-from aribbps.models.step_parts import PartRefine, StepPart, first_step_parts, pattern_mask, second_step_parts
+from aribbps.models.step_parts import PartRefine, StepPart, first_step_parts, later_step_parts, pattern_mask
 from aribbps.probability import bits_cost
 
 
@@ -72,21 +72,24 @@ class BitPlaneNet(nn.Module):
                 space = SpaceContext(cfg.space_width, dropout=dropout) if has_space else None
                 entropy = EntropyHead(in_channels, cfg.entropy_width, cfg.entropy_depth, dropout)
                 self.heads[head_key(k, s, cfg.share)] = StepHead(space, entropy)
-        #: The parts steps 1 and 2 are coded in (:mod:`aribbps.models.step_parts`).
+        #: The parts the lattice steps are coded in (:mod:`aribbps.models.step_parts`).
         self.first_step_parts = first_step_parts(cfg.split_first_step, cfg.split_step_1a, cfg.split_step_1a1,
                                                  cfg.split_step_1a1a)
-        self.second_step_parts = second_step_parts(cfg.split_step_2)
+        self.later_step_parts = {s: later_step_parts(s, split) for s, split in
+                                 ((2, cfg.split_step_2), (3, cfg.split_step_3), (4, cfg.split_step_4))}
         #: Per plane ``p{k}``: the step-1b refinement (``split_first_step``),
         #: the step-1a2 one (``split_step_1a``), the step-1a1b one
         #: (``split_step_1a1``), the step-1a1a2 one (``split_step_1a1a``) and the
-        #: step-2b one (``split_step_2``).
+        #: step-2b, 3b and 4b ones (``split_step_2``, ``_3``, ``_4``).
         self.refine: nn.ModuleDict | None = None
         self.refine_a: nn.ModuleDict | None = None
         self.refine_a1: nn.ModuleDict | None = None
         self.refine_a1a: nn.ModuleDict | None = None
         self.refine_step2: nn.ModuleDict | None = None
+        self.refine_step3: nn.ModuleDict | None = None
+        self.refine_step4: nn.ModuleDict | None = None
         features = cfg.plane_width + cfg.latent_channels
-        for part in self.first_step_parts + self.second_step_parts:
+        for part in self.first_step_parts + sum(self.later_step_parts.values(), ()):
             if part.refine is not None:
                 setattr(self, part.refine, nn.ModuleDict({
                     f"p{k}": PartRefine(features, cfg.refine_width, cfg.refine_depth, dropout)
@@ -97,7 +100,7 @@ class BitPlaneNet(nn.Module):
         """The parts lattice step ``s`` is coded in, in coding order; () when it is coded whole."""
         if s == 1:
             return self.first_step_parts if self.refine is not None else ()
-        return self.second_step_parts if s == 2 else ()
+        return self.later_step_parts.get(s, ())
 
     def head(self, k: int, s: int) -> StepHead:
         if k not in self.planes:
@@ -154,7 +157,7 @@ class BitPlaneNet(nn.Module):
         self, k: int, part: StepPart, context: Tensor, logits: Tensor, plane_bits: Tensor,
         valid: Tensor | None = None, latent: Tensor | None = None,
     ) -> Tensor:
-        """Logits of a refined part of step 1 or 2 of plane ``k`` (split configs).
+        """Logits of a refined part of a lattice step of plane ``k`` (split configs).
 
         Args:
             part: one of :meth:`step_parts` with a refinement.
@@ -256,9 +259,11 @@ class BitPlaneNet(nn.Module):
             return bits_cost(logits, bits_q, valid_q).view(NUM_STEPS, -1).sum(dim=0)
         n = context.shape[0]
         whole = [s for s in steps if s not in parted]
-        rows = torch.cat([torch.arange((s - 1) * n, s * n, device=logits.device) for s in whole])
-        whole_valid = valid_q[rows] if valid_q is not None else None
-        cost = bits_cost(logits[rows], bits_q[rows], whole_valid).view(len(whole), -1).sum(dim=0)
+        cost = context.new_zeros(n)
+        if whole:
+            rows = torch.cat([torch.arange((s - 1) * n, s * n, device=logits.device) for s in whole])
+            whole_valid = valid_q[rows] if valid_q is not None else None
+            cost = bits_cost(logits[rows], bits_q[rows], whole_valid).view(len(whole), -1).sum(dim=0)
         for s in parted:
             cost = cost + self._step_cost(k, s, logits[(s - 1) * n:s * n], context, bits, valid, latent)
         return cost

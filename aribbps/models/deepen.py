@@ -5,7 +5,8 @@ zero-initialised, see :mod:`aribbps.models.layers`), so a model whose
 residual stacks are made deeper computes exactly what it computed before.
 Training can then go on from the trained weights with more capacity,
 instead of starting a larger model from scratch. The same holds for turning
-on ``split_first_step``, ``split_step_1a``, ``split_step_1a1``, ``split_step_1a1a`` or ``split_step_2``: the new refinements start at a
+on ``split_first_step``, ``split_step_1a``, ``split_step_1a1``, ``split_step_1a1a`` or ``split_step_2``
+to ``_4``: the new refinements start at a
 zero correction (:mod:`aribbps.models.step_parts`).
 """
 from __future__ import annotations
@@ -17,8 +18,9 @@ from aribbps.models.bitplane_net import BitPlaneNet, build_nets
 
 #: The config fields that may grow; every other field (but the name) must match.
 DEPTH_FIELDS = ("sig_plane_depth", "ins_plane_depth", "entropy_depth", "ins_entropy_depth")
-#: Splits of steps 1 and 2 that may be turned on (never off).
-SPLIT_FIELDS = ("split_first_step", "split_step_1a", "split_step_1a1", "split_step_1a1a", "split_step_2")
+#: Splits of the lattice steps that may be turned on (never off).
+SPLIT_FIELDS = ("split_first_step", "split_step_1a", "split_step_1a1", "split_step_1a1a", "split_step_2",
+                "split_step_3", "split_step_4")
 #: The refinements' size: free while a model has none.
 REFINE_FIELDS = ("refine_width", "refine_depth")
 
@@ -27,7 +29,7 @@ def deepening_problem(source: ModelConfig, target: ModelConfig) -> str | None:
     """Why ``target`` is not a deepening of ``source`` (None if it is one).
 
     A deepening keeps every field but the name and :data:`DEPTH_FIELDS`, and
-    no depth shrinks; it may also turn the splits of steps 1 and 2
+    no depth shrinks; it may also turn the splits of the lattice steps
     (:data:`SPLIT_FIELDS`) on, never off, and size the refinements of a
     model that has none.
     """
@@ -36,7 +38,7 @@ def deepening_problem(source: ModelConfig, target: ModelConfig) -> str | None:
     changed = [k for k in a if k != "name" and k not in may_change and a[k] != b[k]]
     changed += [k for k in SPLIT_FIELDS if a[k] and not b[k]]
     if changed:
-        return "only the depths (" + ", ".join(DEPTH_FIELDS) + ") may change, or splits of steps 1 and 2 be " \
+        return "only the depths (" + ", ".join(DEPTH_FIELDS) + ") may change, or splits of lattice steps be " \
             "turned on, not " + ", ".join(f"{k} ({a[k]!r} -> {b[k]!r})" for k in changed)
     shrunk = [k for k in DEPTH_FIELDS if b[k] < a[k]]
     if shrunk:

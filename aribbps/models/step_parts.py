@@ -1,4 +1,4 @@
-"""Split lattice steps: step 1 (and step 2) coded in parts, the later parts refined.
+"""Split lattice steps: step 1 (and steps 2-4) coded in parts, the later parts refined.
 
 Step 1 of a plane (the (0, 0) parity, a quarter of the pixels) sees no bit
 of its own plane: on smooth images it costs 2-4x what the later steps cost
@@ -23,7 +23,10 @@ With ``split_step_2`` step 2 (the (1, 1) parity) is coded as a checkerboard
 of its own quarter grid too: 2a with the step-2 head's logits, 2b refined by
 ``refine_step2`` with the 2a bits, four of them at distance 2 (pixels).
 Step 2 costs 10-30% more per bit than steps 3-4, whose four nearest
-neighbours are known; 2b sees four more of its plane.
+neighbours are known; 2b sees four more of its plane. ``split_step_3`` and
+``split_step_4`` split steps 3 and 4 the same way (``refine_step3``,
+``refine_step4``): their second halves see four more of their plane at
+distance 2, besides the four (step 3) or eight (step 4) known around them.
 
 Each refinement (:class:`PartRefine`, one per plane) adds a correction
 to the step's head logits. It reads the features the head read (plane
@@ -83,9 +86,9 @@ class StepPart:
         name: "" (the step whole), "a", "b", "a1", "a2", "a1a", "a1b", "a1a1" or "a1a2".
         known: the pattern of the step's bits it reads, None for none.
         refine: the network attribute holding its refinements ("refine",
-            "refine_a", "refine_a1", "refine_a1a", "refine_step2"), None for the step's
-            head logits as they are.
-        step: the lattice step (1 or 2) whose quarter grid the patterns are on.
+            "refine_a", "refine_a1", "refine_a1a", "refine_step2", "refine_step3",
+            "refine_step4"), None for the step's head logits as they are.
+        step: the lattice step (1-4) whose quarter grid the patterns are on.
     """
 
     name: str
@@ -116,11 +119,13 @@ def first_step_parts(split_first_step: bool, split_step_1a: bool,
     return StepPart("a1a1"), StepPart("a1a2", known="a1a1", refine="refine_a1a"), third, fourth, second
 
 
-def second_step_parts(split_step_2: bool) -> tuple[StepPart, ...]:
-    """The parts of step 2 in coding order; () when it is coded whole."""
-    if not split_step_2:
+def later_step_parts(step: int, split: bool) -> tuple[StepPart, ...]:
+    """The parts of lattice step 2, 3 or 4 in coding order; () when it is coded whole."""
+    if step not in (2, 3, 4):
+        raise ValueError(f"only lattice steps 2-4 split as a checkerboard, got {step!r}")
+    if not split:
         return ()
-    return StepPart("a", step=2), StepPart("b", known="a", refine="refine_step2", step=2)
+    return StepPart("a", step=step), StepPart("b", known="a", refine=f"refine_step{step}", step=step)
 
 
 class PartRefine(nn.Module):

@@ -99,8 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
                "default: fresh initialisation")
     _flag(g, "dropout", type=float, metavar="P", help="dropout probability (default 0)")
     _flag(g, "train-only", metavar="PART",
-          help="train only the parameters whose names contain PART, e.g. 'refine' for the step-1b "
-               "refinements of a model grown into a split_first_step config; the rest stay as --init has them")
+          help="train only the parameters whose names contain PART (or one of a comma-separated list), "
+               "e.g. 'refine' for the step-1b refinements of a model grown into a split_first_step config, "
+               "'refine_step3,refine_step4' for those of steps 3 and 4; the rest stay as --init has them")
 
     g = p.add_argument_group("data")
     _flag(g, "dataset_type", default="filedataset", choices=DATASET_KINDS,

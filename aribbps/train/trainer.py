@@ -360,21 +360,25 @@ class _LossModule(nn.Module):
 
 
 def freeze_all_but(module: nn.Module, part: str) -> int:
-    """Stops gradients for every parameter of ``module`` whose name lacks ``part``.
+    """Stops gradients for every parameter of ``module`` whose name contains none
+    of the comma-separated names in ``part``.
 
     Returns:
         How many parameter tensors still train.
 
     Raises:
-        ValueError: no parameter name contains ``part``.
+        ValueError: a name of ``part`` is in no parameter's name.
     """
+    wanted = [p.strip() for p in part.split(",") if p.strip()]
+    unmatched = [w for w in wanted if not any(w in name for name, _ in module.named_parameters())]
+    if not wanted or unmatched:
+        missing = ", ".join(repr(w) for w in unmatched) or repr(part)
+        raise ValueError(f"--train-only {part!r}: no trained parameter has {missing} in its name")
     kept = 0
     for name, param in module.named_parameters():
-        keep = part in name
+        keep = any(w in name for w in wanted)
         param.requires_grad_(keep)
         kept += keep
-    if not kept:
-        raise ValueError(f"--train-only {part!r}: no trained parameter has {part!r} in its name")
     return kept
 
 
