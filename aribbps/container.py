@@ -69,7 +69,7 @@ IMAGE_MODES: tuple[str, ...] = ("L", "LA", "RGB", "RGBA")
 MODEL_NAMES: tuple[str, ...] = ("tiny", "small", "medium", "deep-ins", "cifar10", "imagenet32", "imagenet64",
                                 "imagenet64_small", "tiny-context", "small-context", "medium-split",
                                 "medium-split2", "medium-split3", "medium-split3-s2",
-                                "medium-split4-s2")
+                                "medium-split4-s2", "medium-split3-s234")
 IMAGE_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "BMP", "TIFF", "WEBP", "PPM", "GIF", "TGA", "JPEG2000")
 #: The file-name extension a version-3 name leaves implied, per format.
 FORMAT_EXTENSIONS: dict[str, str] = {"PNG": "png", "JPEG": "jpg", "BMP": "bmp", "TIFF": "tif", "WEBP": "webp",
