@@ -74,6 +74,8 @@ def test_the_parts_partition_their_steps(levels: int) -> None:
                 assert not (pattern_mask(part.known, 6, 6) & ~coded_before).any()
                 assert not (pattern_mask(part.known, 6, 6) & pattern_mask(part.pattern, 6, 6)).any()
                 assert part.step == order[0].step
+    with pytest.raises(ValueError, match="steps 2-4"):
+        later_step_parts(1, True)
     assert pattern_mask("a", 3, 3)[0, 0].tolist() == [[True, False, True], [False, True, False], [True, False, True]]
     assert pattern_mask("a2", 3, 3)[0, 0].tolist() == [[False, False, False], [False, True, False],
                                                        [False, False, False]]

@@ -26,7 +26,8 @@ Step 2 costs 10-30% more per bit than steps 3-4, whose four nearest
 neighbours are known; 2b sees four more of its plane. ``split_step_3`` and
 ``split_step_4`` split steps 3 and 4 the same way (``refine_step3``,
 ``refine_step4``): their second halves see four more of their plane at
-distance 2, besides the four (step 3) or eight (step 4) known around them.
+distance 2, besides the four (step 3) or eight (step 4) known around them;
+trained on the default model they gained nothing (``docs/default_model.md``).
 
 Each refinement (:class:`PartRefine`, one per plane) adds a correction
 to the step's head logits. It reads the features the head read (plane
