@@ -19,6 +19,12 @@ from typing import Any, Mapping
 #: Downsampling factor of the plane-context UNet (one level of
 #: pixel-unshuffle). Images handed to the nets must be multiples of it.
 PLANE_CONTEXT_MULTIPLE = 2
+#: The splits of the lattice steps (:mod:`aribbps.models.step_parts`), fields of
+#: both :class:`NetConfig` and :class:`ModelConfig`.
+SPLIT_FIELDS = ("split_first_step", "split_step_1a", "split_step_1a1", "split_step_1a1a", "split_step_2",
+                "split_step_3", "split_step_4")
+#: The size of the refinements of those splits.
+REFINE_FIELDS = ("refine_width", "refine_depth")
 
 
 def _check_splits(split_first_step: bool, split_step_1a: bool, split_step_1a1: bool,
@@ -168,6 +174,10 @@ class ModelConfig:
         """Channels of the latent features fed to the SIG entropy heads."""
         return self.latent_width if self.use_latent else 0
 
+    def _step_part_fields(self) -> dict[str, Any]:
+        """The split and refinement fields, which both nets share."""
+        return {name: getattr(self, name) for name in SPLIT_FIELDS + REFINE_FIELDS}
+
     def sig_net(self) -> NetConfig:
         """Config of the network of the significant planes 1..sig_num."""
         return NetConfig(
@@ -180,15 +190,7 @@ class ModelConfig:
             share=self.share,
             latent_channels=self.latent_feature_channels,
             relative_inputs=self.relative_inputs,
-            split_first_step=self.split_first_step,
-            split_step_1a=self.split_step_1a,
-            split_step_1a1=self.split_step_1a1,
-            split_step_1a1a=self.split_step_1a1a,
-            split_step_2=self.split_step_2,
-            split_step_3=self.split_step_3,
-            split_step_4=self.split_step_4,
-            refine_width=self.refine_width,
-            refine_depth=self.refine_depth,
+            **self._step_part_fields(),
         )
 
     def ins_net(self) -> NetConfig:
@@ -203,15 +205,7 @@ class ModelConfig:
             share=self.share,
             latent_channels=0,
             relative_inputs=self.relative_inputs,
-            split_first_step=self.split_first_step,
-            split_step_1a=self.split_step_1a,
-            split_step_1a1=self.split_step_1a1,
-            split_step_1a1a=self.split_step_1a1a,
-            split_step_2=self.split_step_2,
-            split_step_3=self.split_step_3,
-            split_step_4=self.split_step_4,
-            refine_width=self.refine_width,
-            refine_depth=self.refine_depth,
+            **self._step_part_fields(),
         )
 
     def to_dict(self) -> dict[str, Any]:

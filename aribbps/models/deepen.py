@@ -13,16 +13,11 @@ from __future__ import annotations
 
 import torch
 
-from aribbps.config import ModelConfig
+from aribbps.config import REFINE_FIELDS, SPLIT_FIELDS, ModelConfig
 from aribbps.models.bitplane_net import BitPlaneNet, build_nets
 
 #: The config fields that may grow; every other field (but the name) must match.
 DEPTH_FIELDS = ("sig_plane_depth", "ins_plane_depth", "entropy_depth", "ins_entropy_depth")
-#: Splits of the lattice steps that may be turned on (never off).
-SPLIT_FIELDS = ("split_first_step", "split_step_1a", "split_step_1a1", "split_step_1a1a", "split_step_2",
-                "split_step_3", "split_step_4")
-#: The refinements' size: free while a model has none.
-REFINE_FIELDS = ("refine_width", "refine_depth")
 
 
 def deepening_problem(source: ModelConfig, target: ModelConfig) -> str | None:
@@ -30,8 +25,8 @@ def deepening_problem(source: ModelConfig, target: ModelConfig) -> str | None:
 
     A deepening keeps every field but the name and :data:`DEPTH_FIELDS`, and
     no depth shrinks; it may also turn the splits of the lattice steps
-    (:data:`SPLIT_FIELDS`) on, never off, and size the refinements of a
-    model that has none.
+    (:data:`aribbps.config.SPLIT_FIELDS`) on, never off, and size the
+    refinements (:data:`aribbps.config.REFINE_FIELDS`) of a model that has none.
     """
     a, b = source.to_dict(), target.to_dict()
     may_change = DEPTH_FIELDS + SPLIT_FIELDS + (REFINE_FIELDS if not source.split_first_step else ())
