@@ -19,26 +19,62 @@ from typing import Any, Mapping
 #: Downsampling factor of the plane-context UNet (one level of
 #: pixel-unshuffle). Images handed to the nets must be multiples of it.
 PLANE_CONTEXT_MULTIPLE = 2
-#: The splits of the lattice steps (:mod:`aribbps.models.step_parts`), fields of
-#: both :class:`NetConfig` and :class:`ModelConfig`.
-SPLIT_FIELDS = ("split_first_step", "split_step_1a", "split_step_1a1", "split_step_1a1a", "split_step_2",
-                "split_step_3", "split_step_4")
-#: The size of the refinements of those splits.
-REFINE_FIELDS = ("refine_width", "refine_depth")
 
 
-def _check_splits(split_first_step: bool, split_step_1a: bool, split_step_1a1: bool,
-                  split_step_1a1a: bool) -> None:
-    if split_step_1a and not split_first_step:
-        raise ValueError("split_step_1a splits the first half of step 1: it needs split_first_step")
-    if split_step_1a1 and not split_step_1a:
-        raise ValueError("split_step_1a1 splits part 1a1 of step 1: it needs split_step_1a")
-    if split_step_1a1a and not split_step_1a1:
-        raise ValueError("split_step_1a1a splits part 1a1a of step 1: it needs split_step_1a1")
+@dataclass(frozen=True, kw_only=True)
+class StepSplits:
+    """How the lattice steps are coded in parts (:mod:`aribbps.models.step_parts`).
+
+    Both :class:`NetConfig` and :class:`ModelConfig` carry these fields; a
+    model config hands its own to both of its nets.
+
+    Attributes:
+        split_first_step: code lattice step 1 in two halves, a checkerboard
+            of its positions, the second refined by the first's bits.
+        split_step_1a: also code the first half in two, the second refined.
+        split_step_1a1: also code the first of those in two, the second refined.
+        split_step_1a1a: and the first of those in two again, the second refined.
+        split_step_2: code lattice step 2 in two halves, a checkerboard of its
+            positions, the second refined by the first's bits.
+        split_step_3, split_step_4: the same for lattice steps 3 and 4.
+        refine_width, refine_depth: width and residual blocks of those refinements.
+    """
+
+    split_first_step: bool = False
+    split_step_1a: bool = False
+    split_step_1a1: bool = False
+    split_step_1a1a: bool = False
+    split_step_2: bool = False
+    split_step_3: bool = False
+    split_step_4: bool = False
+    refine_width: int = 32
+    refine_depth: int = 2
+
+    def __post_init__(self) -> None:
+        if self.split_step_1a and not self.split_first_step:
+            raise ValueError("split_step_1a splits the first half of step 1: it needs split_first_step")
+        if self.split_step_1a1 and not self.split_step_1a:
+            raise ValueError("split_step_1a1 splits part 1a1 of step 1: it needs split_step_1a")
+        if self.split_step_1a1a and not self.split_step_1a1:
+            raise ValueError("split_step_1a1a splits part 1a1a of step 1: it needs split_step_1a1")
+        if self.refine_width < 1:
+            raise ValueError(f"refine_width must be >= 1, got {self.refine_width!r}")
+        if self.refine_depth < 0:
+            raise ValueError(f"refine_depth must be >= 0, got {self.refine_depth!r}")
+
+    def step_splits(self) -> dict[str, Any]:
+        """The split and refinement fields alone, e.g. to hand them to another config."""
+        return {name: getattr(self, name) for name in SPLIT_FIELDS + REFINE_FIELDS}
+
+
+#: The splits of the lattice steps, then the size of their refinements: the
+#: fields of :class:`StepSplits`.
+SPLIT_FIELDS = tuple(f.name for f in dataclasses.fields(StepSplits) if f.name.startswith("split_"))
+REFINE_FIELDS = tuple(f.name for f in dataclasses.fields(StepSplits) if f.name.startswith("refine_"))
 
 
 @dataclass(frozen=True)
-class NetConfig:
+class NetConfig(StepSplits):
     """Hyper-parameters of one bit-plane network (SIG or INS).
 
     Attributes:
@@ -54,16 +90,8 @@ class NetConfig:
             (0 = no latent input; the INS net).
         relative_inputs: feed the plane context the relative-neighbour
             features of :func:`aribbps.bitplanes.relative_features`.
-        split_first_step: code lattice step 1 in two halves, a checkerboard
-            of its positions, the second refined by the first's bits
-            (:mod:`aribbps.models.step_parts`).
-        split_step_1a: also code the first half in two, the second refined.
-        split_step_1a1: also code the first of those in two, the second refined.
-        split_step_1a1a: and the first of those in two again, the second refined.
-        split_step_2: code lattice step 2 in two halves, a checkerboard of its
-            positions, the second refined by the first's bits.
-        split_step_3, split_step_4: the same for lattice steps 3 and 4.
-        refine_width, refine_depth: width and residual blocks of those refinements.
+
+    The lattice-step splits and their refinements are :class:`StepSplits`'.
     """
 
     planes: tuple[int, ...]
@@ -75,32 +103,23 @@ class NetConfig:
     share: bool
     latent_channels: int = 0
     relative_inputs: bool = False
-    split_first_step: bool = False
-    split_step_1a: bool = False
-    split_step_1a1: bool = False
-    split_step_1a1a: bool = False
-    split_step_2: bool = False
-    split_step_3: bool = False
-    split_step_4: bool = False
-    refine_width: int = 32
-    refine_depth: int = 2
 
     def __post_init__(self) -> None:
-        _check_splits(self.split_first_step, self.split_step_1a, self.split_step_1a1, self.split_step_1a1a)
+        super().__post_init__()
         if not self.planes or any(not 1 <= k <= 8 for k in self.planes):
             raise ValueError(f"planes must be a non-empty subset of 1..8, got {self.planes!r}")
         if list(self.planes) != sorted(set(self.planes)):
             raise ValueError(f"planes must be increasing and distinct, got {self.planes!r}")
-        for name in ("plane_width", "space_width", "entropy_width", "refine_width"):
+        for name in ("plane_width", "space_width", "entropy_width"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
-        for name in ("plane_depth", "entropy_depth", "latent_channels", "refine_depth"):
+        for name in ("plane_depth", "entropy_depth", "latent_channels"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(StepSplits):
     """A complete model: SIG net, INS net and latent model.
 
     ``pad_multiple`` is what H and W handed to the networks must be multiples
@@ -136,22 +155,9 @@ class ModelConfig:
     #: False = no latent model: the SIG heads get no latent features and the
     #: model codes every plane from plane and space contexts ("context" mode).
     use_latent: bool = True
-    #: Code each plane's lattice step 1 as a checkerboard in two halves, the
-    #: first half in two again, and the first of those in two again, twice (see
-    #: :class:`NetConfig`); steps 2, 3 and 4 as checkerboards; the refinement
-    #: nets' width and depth.
-    split_first_step: bool = False
-    split_step_1a: bool = False
-    split_step_1a1: bool = False
-    split_step_1a1a: bool = False
-    split_step_2: bool = False
-    split_step_3: bool = False
-    split_step_4: bool = False
-    refine_width: int = 32
-    refine_depth: int = 2
 
     def __post_init__(self) -> None:
-        _check_splits(self.split_first_step, self.split_step_1a, self.split_step_1a1, self.split_step_1a1a)
+        super().__post_init__()
         if not 1 <= self.sig_num <= 7:
             raise ValueError(f"sig_num must be in 1..7, got {self.sig_num!r}")
         if self.n_layers < 1:
@@ -174,10 +180,6 @@ class ModelConfig:
         """Channels of the latent features fed to the SIG entropy heads."""
         return self.latent_width if self.use_latent else 0
 
-    def _step_part_fields(self) -> dict[str, Any]:
-        """The split and refinement fields, which both nets share."""
-        return {name: getattr(self, name) for name in SPLIT_FIELDS + REFINE_FIELDS}
-
     def sig_net(self) -> NetConfig:
         """Config of the network of the significant planes 1..sig_num."""
         return NetConfig(
@@ -190,7 +192,7 @@ class ModelConfig:
             share=self.share,
             latent_channels=self.latent_feature_channels,
             relative_inputs=self.relative_inputs,
-            **self._step_part_fields(),
+            **self.step_splits(),
         )
 
     def ins_net(self) -> NetConfig:
@@ -205,7 +207,7 @@ class ModelConfig:
             share=self.share,
             latent_channels=0,
             relative_inputs=self.relative_inputs,
-            **self._step_part_fields(),
+            **self.step_splits(),
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import torch
 from aribbps.arib import AribCodec
 from aribbps.bitplanes import plane_bits, step_view
 from aribbps.codec import PlaneCodec, PlaneNets, Stage, coding_stages, teacher_forced_steps, theoretical_cost
-from aribbps.config import ModelConfig, get_config
+from aribbps.config import REFINE_FIELDS, SPLIT_FIELDS, ModelConfig, get_config
 from aribbps.models.bitplane_net import build_nets
 from aribbps.models.deepen import deepen, deepening_problem
 from aribbps.models.step_parts import StepPart, first_step_parts, later_step_parts, pattern_mask
@@ -238,3 +238,13 @@ def test_a_split_needs_the_split_it_splits(field: str, needs: str) -> None:
     full = split_config(levels=5)
     with pytest.raises(ValueError, match=f"{field} splits .* it needs {needs}$"):
         dataclasses.replace(full, **{needs: False})
+
+
+def test_both_nets_get_the_model_configs_splits_and_both_check_the_refinement_size() -> None:
+    full = split_config(levels=6)
+    assert full.sig_net().step_splits() == full.ins_net().step_splits() == full.step_splits()
+    assert set(full.step_splits()) == set(SPLIT_FIELDS + REFINE_FIELDS)
+    with pytest.raises(ValueError, match="refine_width must be >= 1"):
+        dataclasses.replace(full, refine_width=0)
+    with pytest.raises(ValueError, match="refine_depth must be >= 0"):
+        dataclasses.replace(full.ins_net(), refine_depth=-1)
