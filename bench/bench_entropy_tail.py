@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from timing import append_result, synced, time_ms
+from timing import append_result, codec_numerics, synced, time_ms
 import torch
 
 # As a script (python bench/...), put the checkout first on the path: the repository's
@@ -145,58 +145,33 @@ def _bench_step(benchmark, path: str) -> None:
 
 
 needs_cuda = pytest.mark.skipif(not (CUDA and HAS_TRITON), reason=NO_CUDA)
+#: The kernels' contenders: the reference runs anywhere, the others need CUDA.
+KERNEL_CONTENDERS = ["torch_ref", pytest.param("triton", marks=needs_cuda),
+                     pytest.param("torch_compile", marks=needs_cuda)]
 
 
 @pytest.mark.benchmark(group="entropy_proj")
-def test_entropy_proj_torch_ref(benchmark):
-    _bench_proj(benchmark, "torch_ref")
-
-
-@needs_cuda
-@pytest.mark.benchmark(group="entropy_proj")
-def test_entropy_proj_triton(benchmark):
-    _bench_proj(benchmark, "triton")
-
-
-@needs_cuda
-@pytest.mark.benchmark(group="entropy_proj")
-def test_entropy_proj_torch_compile(benchmark):
-    _bench_proj(benchmark, "torch_compile")
+@pytest.mark.parametrize("name", KERNEL_CONTENDERS)
+def test_entropy_proj(benchmark, name: str):
+    _bench_proj(benchmark, name)
 
 
 @pytest.mark.benchmark(group="entropy_tail")
-def test_entropy_tail_torch_ref(benchmark):
-    _bench_tail(benchmark, "torch_ref")
-
-
-@needs_cuda
-@pytest.mark.benchmark(group="entropy_tail")
-def test_entropy_tail_triton(benchmark):
-    _bench_tail(benchmark, "triton")
-
-
-@needs_cuda
-@pytest.mark.benchmark(group="entropy_tail")
-def test_entropy_tail_torch_compile(benchmark):
-    _bench_tail(benchmark, "torch_compile")
+@pytest.mark.parametrize("name", KERNEL_CONTENDERS)
+def test_entropy_tail(benchmark, name: str):
+    _bench_tail(benchmark, name)
 
 
 @needs_cuda
 @pytest.mark.benchmark(group="entropy_step")
-def test_entropy_step_torch_path(benchmark):
-    _bench_step(benchmark, "torch")
-
-
-@needs_cuda
-@pytest.mark.benchmark(group="entropy_step")
-def test_entropy_step_triton_path(benchmark):
-    _bench_step(benchmark, "triton")
+@pytest.mark.parametrize("path", ["torch", "triton"])
+def test_entropy_step(benchmark, path: str):
+    _bench_step(benchmark, path)
 
 
 # ---------------------------------------------------------------- script mode
 def main(argv: list[str] | None = None) -> int:
-    device = "cuda" if CUDA else "cpu"
-    with dispatch.coding_numerics(device, dispatch.writes_native_conv(device)):  # as the codec computes
+    with codec_numerics():
         return _main(argv)
 
 

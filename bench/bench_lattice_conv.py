@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from timing import append_result, synced, time_ms
+from timing import append_result, codec_numerics, synced, time_ms
 import torch
 
 # As a script (python bench/...), put the checkout first on the path: the repository's
@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from aribbps.bitplanes import space_prior_quarter  # noqa: E402
 from aribbps.models.space_context import masked_lattice_conv  # noqa: E402
-from kernels import HAS_TRITON, dispatch  # noqa: E402
+from kernels import HAS_TRITON  # noqa: E402
 from kernels.lattice_conv import lattice_conv, lattice_conv_ref  # noqa: E402
 
 CUDA = torch.cuda.is_available()
@@ -86,31 +86,18 @@ def _bench(benchmark, name: str) -> None:
 
 
 @pytest.mark.benchmark(group=GROUP)
-def test_lattice_conv_torch_ref(benchmark):
-    _bench(benchmark, "torch_ref")
-
-
-@pytest.mark.benchmark(group=GROUP)
-def test_lattice_conv_model(benchmark):
-    _bench(benchmark, "model")
-
-
-@pytest.mark.skipif(not (CUDA and HAS_TRITON), reason=NO_CUDA)
-@pytest.mark.benchmark(group=GROUP)
-def test_lattice_conv_triton(benchmark):
-    _bench(benchmark, "triton")
-
-
-@pytest.mark.skipif(not CUDA, reason=NO_CUDA)
-@pytest.mark.benchmark(group=GROUP)
-def test_lattice_conv_torch_compile(benchmark):
-    _bench(benchmark, "torch_compile")
+@pytest.mark.parametrize("name", [
+    "torch_ref", "model",
+    pytest.param("triton", marks=pytest.mark.skipif(not (CUDA and HAS_TRITON), reason=NO_CUDA)),
+    pytest.param("torch_compile", marks=pytest.mark.skipif(not CUDA, reason=NO_CUDA)),
+])
+def test_lattice_conv(benchmark, name: str):
+    _bench(benchmark, name)
 
 
 # ---------------------------------------------------------------- script mode
 def main(argv: list[str] | None = None) -> int:
-    device = "cuda" if CUDA else "cpu"
-    with dispatch.coding_numerics(device, dispatch.writes_native_conv(device)):  # as the codec computes
+    with codec_numerics():
         return _main(argv)
 
 

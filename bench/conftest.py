@@ -5,16 +5,13 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from kernels import dispatch  # noqa: E402
+from timing import codec_numerics  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
-def _coding_numerics():
-    """No TF32, deterministic cuDNN on CUDA; on a CPU oneDNN and NNPACK off, as CPU files are coded
-    (kernels/dispatch.coding_numerics)."""
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    with dispatch.coding_numerics(device, dispatch.writes_native_conv(device)):
+def _codec_numerics():
+    with codec_numerics():
         yield

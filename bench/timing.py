@@ -3,10 +3,24 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+
+
+@contextmanager
+def codec_numerics() -> Iterator[None]:
+    """Compute as the codec does on this machine's device: no TF32 and deterministic cuDNN on CUDA; on a
+    CPU oneDNN and NNPACK off where CPU files are coded so (kernels/dispatch.coding_numerics)."""
+    import torch
+
+    from kernels import dispatch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    with dispatch.coding_numerics(device, dispatch.writes_native_conv(device)):
+        yield
 
 
 def time_ms(fn: Callable[[], object], repeats: int) -> tuple[float, float, float]:
