@@ -280,6 +280,30 @@ def test_resume_continues_bit_exactly(config: str, images: Path, tmp_path: Path)
     assert len(headers) == 2 and "start_iter=4" in headers[1]
 
 
+def test_resume_at_another_lr_keeps_the_decay_reached(images: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    kw = dict(decay_interval=3, decay_rate=0.5, valid_interval=4, lr=3e-3)
+    train(_opts(images, run, num_iters=4, **kw))
+    assert load_checkpoint(run)["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1.5e-3)
+    train(_opts(images, run, num_iters=8, resume=str(run), resume_lr=1e-3, **kw))
+    ckpt = load_checkpoint(run)
+    assert ckpt["scheduler"]["base_lrs"] == [1e-3]
+    assert ckpt["optimizer"]["param_groups"][0]["lr"] == pytest.approx(2.5e-4)  # decayed again at 6
+    header = [line for line in (run / "train.log").read_text().splitlines() if line.startswith("#")][-1]
+    assert "start_iter=4" in header and "lr=5.000e-04" in header
+    with pytest.raises(ValueError, match="resume_lr needs resume"):
+        train(_opts(images, tmp_path / "fresh", resume_lr=1e-3))
+
+
+def test_lr_on_resume_is_the_checkpoints_unless_given(images: Path) -> None:
+    parser = build_parser()
+    common = ["--mode", "ins", "--data-dir", str(images), "--save-dir", "x", "--device", "cpu", "--resume", "r"]
+    assert resolve_options(parser.parse_args(common))[0].resume_lr is None
+    assert resolve_options(parser.parse_args([*common, "--lr", "3e-5"]))[0].resume_lr == 3e-5
+    fresh = parser.parse_args(["--mode", "ins", "--data-dir", str(images), "--save-dir", "x", "--lr", "3e-5"])
+    assert resolve_options(fresh)[0].resume_lr is None
+
+
 def test_mixed_sizes_train_in_size_grouped_batches_and_resume_bit_exactly(tmp_path: Path) -> None:
     data = _smooth_images(tmp_path / "mixed", 10, size=8)
     _smooth_images(tmp_path / "big", 6, size=16, seed=1)

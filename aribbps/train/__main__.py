@@ -133,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
                "relative to --data_dir (e.g. qp_list.json)")
 
     g = p.add_argument_group("optimisation (Adam, step-decayed learning rate)")
-    _flag(g, "lr", type=float, help=f"learning rate (default {DEFAULTS['lr']})")
+    _flag(g, "lr", type=float, help=f"learning rate (default {DEFAULTS['lr']}; with --resume the "
+          "checkpoint's: given, the run goes on at it, e.g. to anneal)")
     _flag(g, "batch_size", type=int, metavar="B",
           help=f"batch size of each process (default {DEFAULTS['batch_size']})")
     _flag(g, "num_iters", type=int, metavar="N", help=f"iterations (default {DEFAULTS['num_iters']})")
@@ -274,6 +275,7 @@ def resolve_options(args: argparse.Namespace) -> tuple[TrainOptions, int]:
         mode=args.mode, data_dir=args.data_dir, save_dir=args.save_dir, config=config,
         dataset_type=args.dataset_type, valid_select=args.valid_select,
         log_interval=args.log_interval, resume=args.resume, init=args.init, qp_path=args.qp_path,
+        resume_lr=args.lr if args.resume is not None else None,
         random_crop=args.random_crop, batch_pixels=args.batch_pixels, hflip=args.hflip,
         kl_warmup=args.kl_warmup, ema=args.ema,
         train_only=args.train_only,

@@ -108,6 +108,9 @@ class TrainOptions:
     decay_rate: float = 1.0  # lr *= decay_rate every decay_interval iterations
     decay_interval: int = 1_000
     resume: str | None = None  # checkpoint file, or a folder holding checkpoint.pt
+    #: With resume: go on at this learning rate (times the decay the schedule has reached) instead of
+    #: the checkpoint's, e.g. to anneal a long run. None = the checkpoint's.
+    resume_lr: float | None = None
     init: str | None = None  # model file: starting weights of both nets
     qp_path: str | None = None  # finetune only: qp list (relative: to data_dir)
     random_crop: int = 0  # 0 = whole images (cut to the pad multiple)
@@ -172,6 +175,8 @@ def check_options(opts: TrainOptions) -> None:
         raise ValueError("--valid_num, --random-crop, --batch-pixels and --workers must be >= 0")
     if not 0.0 <= opts.dropout < 1.0:
         raise ValueError(f"--dropout must be in [0, 1), got {opts.dropout!r}")
+    if opts.resume_lr is not None and (opts.resume is None or not opts.resume_lr > 0):
+        raise ValueError(f"resume_lr needs resume and must be > 0, got {opts.resume_lr!r}")
     if not opts.lr > 0 or not opts.decay_rate > 0:
         raise ValueError(f"--lr and --decay_rate must be > 0, got {opts.lr!r} and {opts.decay_rate!r}")
     if opts.kl_warmup < 0:
@@ -599,6 +604,8 @@ class Trainer:
             module.load_state_dict(ckpt["modules"][name])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
+        if self.opts.resume_lr is not None:
+            self._set_base_lr(self.opts.resume_lr)
         self.iteration = int(ckpt["iteration"])
         self.best = ckpt["best_valid_bpsp"]
         self.wall_before = float(ckpt["wall_time"])
@@ -616,6 +623,16 @@ class Trainer:
                 "the data order restarts at the next epoch, so the run is not bit-exact"
             )
             torch.manual_seed(self.opts.seed + self.info.rank + self.iteration)
+
+    def _set_base_lr(self, lr: float) -> None:
+        """Restart the restored schedule from ``lr``, keeping the decay it has reached."""
+        if lr == self.scheduler.base_lrs[0]:
+            return  # the same schedule: leave its lr bit for bit
+        decayed = self.optimizer.param_groups[0]["lr"] / self.scheduler.base_lrs[0]
+        self.scheduler.base_lrs = [lr for _ in self.scheduler.base_lrs]
+        for group in self.optimizer.param_groups:
+            group["initial_lr"] = lr
+            group["lr"] = lr * decayed
 
     def _weight_average(self, params: Sequence[Tensor], ckpt: Mapping[str, Any] | None) -> WeightAverage | None:
         """The --ema average: the checkpoint's when it has one, else started from the current weights."""
@@ -733,7 +750,8 @@ class Trainer:
         log.line(
             f"# aribbps.train mode={opts.mode} config={self.cfg.name} processes={info.world_size} "
             f"batch={batch}x{info.world_size} device={self.device.type} "
-            f"start_iter={self.iteration} num_iters={opts.num_iters} valid_num={self.data.valid_num}"
+            f"start_iter={self.iteration} num_iters={opts.num_iters} valid_num={self.data.valid_num} "
+            f"lr={self.optimizer.param_groups[0]['lr']:.3e}"
         )
         best_path = self.save_dir / f"best_{opts.mode}.safetensors"
         sums: dict[str, Tensor] = {}
