@@ -66,11 +66,16 @@ def aribbps_binary(bits: np.ndarray, probs: np.ndarray, repeats: int,
     return best_of(encode, repeats), best_of(decode, repeats)
 
 
-def constriction_binary(bits: np.ndarray, probs: np.ndarray, repeats: int) -> tuple[float, float]:
+def constriction_problem(bits: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, object, np.ndarray]:
+    """The binary workload as constriction codes it: symbols, a categorical model
+    and its per-symbol table of the linear code's probabilities (q / 256)."""
     p1 = probs.astype(np.float32) / 256
     table = np.stack([1 - p1, p1], axis=1)
-    symbols = bits.astype(np.int32)
-    model = constriction.stream.model.Categorical(perfect=False)
+    return bits.astype(np.int32), constriction.stream.model.Categorical(perfect=False), table
+
+
+def constriction_binary(bits: np.ndarray, probs: np.ndarray, repeats: int) -> tuple[float, float]:
+    symbols, model, table = constriction_problem(bits, probs)
     words: list[np.ndarray] = []
 
     def encode() -> None:
@@ -171,10 +176,7 @@ def test_encode_aribbps(benchmark, workload, prob_code) -> None:
 @pytest.mark.benchmark(group="binary-encode-1e7")
 @pytest.mark.skipif(constriction is None, reason="constriction is not installed")
 def test_encode_constriction(benchmark, workload) -> None:
-    bits, probs = workload
-    p1 = probs.astype(np.float32) / 256
-    table, symbols = np.stack([1 - p1, p1], axis=1), bits.astype(np.int32)
-    model = constriction.stream.model.Categorical(perfect=False)
+    symbols, model, table = constriction_problem(*workload)
     benchmark(lambda: constriction.stream.stack.AnsCoder().encode_reverse(symbols, model, table))
 
 
@@ -192,10 +194,7 @@ def test_decode_aribbps(benchmark, workload, prob_code) -> None:
 @pytest.mark.benchmark(group="binary-decode-1e7")
 @pytest.mark.skipif(constriction is None, reason="constriction is not installed")
 def test_decode_constriction(benchmark, workload) -> None:
-    bits, probs = workload
-    p1 = probs.astype(np.float32) / 256
-    table, symbols = np.stack([1 - p1, p1], axis=1), bits.astype(np.int32)
-    model = constriction.stream.model.Categorical(perfect=False)
+    symbols, model, table = constriction_problem(*workload)
     coder = constriction.stream.stack.AnsCoder()
     coder.encode_reverse(symbols, model, table)
     words = coder.get_compressed()
